@@ -1,0 +1,138 @@
+"""A loaded memory model ready to use: weights, tokenizer, memory state and the cached memory prefix.
+
+This is the engine's one stateful object. Injections update the state with an explicit seed and keep
+the memory prefix in the KV cache current, so questions cost a prefill of the prompt alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from memchat.engine.config import MemoryConfig
+from memchat.engine.generate import Sampling, generate, stream_text
+from memchat.engine.load import load, resolve
+from memchat.engine.model import KVCache, MemoryModel
+from memchat.engine.state import MemoryState, kept_indices, retrieve, update
+
+# Room for prompt and reply tokens beyond the memory prefix before the cache has to grow.
+_CACHE_HEADROOM = 2048
+
+
+class Engine:
+    def __init__(self, model: MemoryModel, state: MemoryState, folder: Path | None = None, tokenizer=None):
+        self.model = model
+        self.folder = folder
+        self.tokenizer = tokenizer
+        self.sampling = Sampling.from_generation_config(folder) if folder else Sampling()
+        self._state = state
+        self._cache: KVCache | None = None  # built on the first question, then kept current
+
+    @classmethod
+    def load(cls, source: str | Path, device: str | None = None, quant: str | None = None,
+             dtype: torch.dtype | None = None, cache_dir: Path | None = None) -> Engine:
+        folder = resolve(str(source), cache_dir)
+        model, state = load(folder, device=device, quant=quant, dtype=dtype)
+        return cls(model, state, folder, _load_tokenizer(folder))
+
+    @property
+    def config(self) -> MemoryConfig:
+        return self.model.config
+
+    @property
+    def state(self) -> MemoryState:
+        return self._state
+
+    @state.setter
+    def state(self, state: MemoryState) -> None:
+        self._state = state
+        self._cache = None
+
+    # --- writing memory -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def inject(self, ids: Sequence[int] | Tensor, seed: int, origin: int = 0) -> None:
+        """Write a context into memory. `seed` decides which rows are dropped; `origin` labels the new
+        rows (the journal row id) so we can tell later what still occupies the pool."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1).to(self.model.device)
+        if ids.shape[1] == 0:
+            raise ValueError("cannot inject an empty context")
+        state = self._state
+        delta = self.model.inject(ids, state.memory.unsqueeze(1), state.initialized)[:, 0]
+        if not state.initialized:
+            self._state = update(self.config, state, delta, None, origin)
+            self._cache = None
+            return
+        kept = kept_indices(self.config, seed)
+        self._state = update(self.config, state, delta, kept, origin, self.model.selector_keys)
+        if self._cache is not None:
+            self.model.update_prefix(self._cache, kept, delta.unsqueeze(1))
+
+    # --- reading memory -------------------------------------------------------------------------------
+
+    def cache(self) -> KVCache:
+        """The KV cache holding the current memory prefix (computed once per memory state)."""
+        if self._cache is None:
+            cfg = self.config
+            self._cache = KVCache(cfg, cfg.prefix_rows + _CACHE_HEADROOM, self.model.dtype, self.model.device)
+            with torch.inference_mode():
+                self.model.fill_prefix(self._cache, self._state.memory.unsqueeze(1))
+        return self._cache
+
+    def retriever(self):
+        """M+: the per-layer long-term retrieval the answering prefill calls; None for MemoryLLM."""
+        ltm = self._state.ltm
+        if ltm is None:
+            return None
+        return lambda layer, queries: retrieve(self.config, ltm, layer, queries)[0]
+
+    def generate_ids(self, prompt: Sequence[int] | Tensor, sampling: Sampling | None = None,
+                     generator: torch.Generator | None = None) -> Iterator[int]:
+        prompt = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
+        return generate(self.model, self.cache(), prompt, sampling or self.sampling, self.stop_ids(),
+                        self.retriever(), generator)
+
+    def stream(self, prompt: Sequence[int] | Tensor, sampling: Sampling | None = None,
+               generator: torch.Generator | None = None) -> Iterator[str]:
+        """Reply text piece by piece."""
+        tokens = self.generate_ids(prompt, sampling, generator)
+        return stream_text(tokens, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    # --- text -----------------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain text, without special tokens: what an injection takes."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat template's prompt for the next assistant reply, without the tokenizer's BOS: the model
+        has its own learned BOS row."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.encode(text)
+        if ids and ids[0] == self.tokenizer.bos_token_id:
+            ids = ids[1:]
+        return ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def stop_ids(self) -> set[int]:
+        stop = set(self.config.eos_token_ids)
+        tok = self.tokenizer
+        if tok is not None:
+            if tok.eos_token_id is not None:
+                stop.add(tok.eos_token_id)
+            eot = tok.convert_tokens_to_ids("<|eot_id|>")
+            if isinstance(eot, int) and eot != tok.unk_token_id:
+                stop.add(eot)
+        return stop
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,378 @@
+"""The MemoryLLM / M+ transformer: a Llama backbone whose every layer reads a prefix of memory rows.
+
+Module and parameter names follow the official checkpoints exactly, so a state dict loads as published.
+A layer call takes query rows plus the keys/values of everything before them; the memory prefix of a
+layer depends only on that layer's memory rows, so answering keeps it in the KV cache across questions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memchat.engine.config import ADAPTER_DECODE, ADAPTER_INJECT, MemoryConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear plus one low-rank adapter per name; the caller picks the adapter per call.
+
+    MemoryLLM trains two adapters on the same backbone: `default` writes memory (injection) and
+    `decoder_adapter` reads it (answering).
+    """
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int, r: int, scale: float,
+                 adapters: tuple[str, ...]):
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.ModuleDict({a: nn.Linear(in_features, r, bias=False) for a in adapters})
+        self.lora_B = nn.ModuleDict({a: nn.Linear(r, out_features, bias=False) for a in adapters})
+        self.scale = scale
+
+    def forward(self, x: Tensor, adapter: str) -> Tensor:
+        return self.base_layer(x) + self.scale * self.lora_B[adapter](self.lora_A[adapter](x))
+
+
+def linear(module: nn.Module, x: Tensor, adapter: str) -> Tensor:
+    return module(x, adapter) if isinstance(module, LoRALinear) else module(x)
+
+
+def selector(in_dim: int, out_dim: int, layers: int) -> nn.Module:
+    """M+ retriever projection; saved as `.0.weight` (and `.2.weight` with two layers)."""
+    if layers == 1:
+        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False))
+    return nn.Sequential(nn.Linear(in_dim, 2 * out_dim, bias=False), nn.SiLU(),
+                         nn.Linear(2 * out_dim, out_dim, bias=False))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: MemoryConfig):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        if cfg.is_mplus:
+            self.query_proj = selector(d, cfg.selector_hidden_dim, cfg.num_selector_layers)
+            self.key_proj = selector(d, cfg.selector_hidden_dim, cfg.num_selector_layers)
+            if cfg.add_encoder_retriever:
+                # Loaded so the checkpoint matches; only training uses it.
+                self.encoder_query_proj = selector(d, cfg.selector_hidden_dim, cfg.num_selector_layers)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: MemoryConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: Tensor, adapter: str) -> Tensor:
+        gate = F.silu(linear(self.gate_proj, x, adapter))
+        return linear(self.down_proj, gate * linear(self.up_proj, x, adapter), adapter)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MemoryConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def _split(self, x: Tensor, heads: int) -> Tensor:
+        return x.view(*x.shape[:-1], heads, self.head_dim).transpose(-3, -2)
+
+    def keys_values(self, x: Tensor, adapter: str) -> tuple[Tensor, Tensor]:
+        """Un-rotated keys and values [B, kv_heads, T, head_dim] of layer-input rows."""
+        h = self.input_layernorm(x)
+        attn = self.self_attn
+        return (self._split(linear(attn.k_proj, h, adapter), self.kv_heads),
+                self._split(linear(attn.v_proj, h, adapter), self.kv_heads))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None,
+                adapter: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Query rows `x` [B, n, d] after the (rotated) keys/values `past`; query i sees past + i + 1 keys.
+
+        Returns the output rows and the rotated keys and values of `x`, for the cache.
+        """
+        attn = self.self_attn
+        h = self.input_layernorm(x)
+        q = apply_rope(self._split(linear(attn.q_proj, h, adapter), self.heads), *rope)
+        k = apply_rope(self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope)
+        v = self._split(linear(attn.v_proj, h, adapter), self.kv_heads)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], -2), torch.cat([past[1], v], -2))
+        n, seen = x.shape[-2], keys.shape[-2] - x.shape[-2]
+        mask = None
+        if n > 1:
+            mask = torch.ones(n, seen + n, dtype=torch.bool, device=x.device).tril(seen)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                           enable_gqa=self.heads != self.kv_heads)
+        x = x + attn.o_proj(o.transpose(-3, -2).reshape(*x.shape[:-1], -1))
+        x = x + self.mlp(self.post_attention_layernorm(x), adapter)
+        return x, k, v
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class Rope:
+    """Rotary tables. Angles are (position × position_scale) × inv_freq, formed in float32."""
+
+    def __init__(self, cfg: MemoryConfig):
+        self.inv_freq, self.attention_scaling = rope_frequencies(cfg)
+        self.position_scale = cfg.position_scale
+
+    def __call__(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        p = positions.float()
+        if self.position_scale != 1.0:
+            p = p * self.position_scale
+        freqs = p[:, None] * self.inv_freq.to(p.device)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+
+
+def rope_frequencies(cfg: MemoryConfig) -> tuple[Tensor, float]:
+    """Inverse frequencies from transformers' own RoPE initialisers (plain RoPE needs none)."""
+    exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device="cpu").float() / cfg.head_dim
+    base = 1.0 / (cfg.rope_theta**exponents)
+    if cfg.rope_scaling is None:
+        return base, 1.0
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    kind = cfg.rope_scaling["rope_type"]
+    llama = LlamaConfig(
+        hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_heads, head_dim=cfg.head_dim,
+        num_key_value_heads=cfg.num_kv_heads, rope_theta=cfg.rope_theta,
+        rope_scaling=dict(cfg.rope_scaling), max_position_embeddings=cfg.max_position_embeddings,
+    )
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](llama, "cpu")
+    return inv_freq.float(), float(scaling)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: MemoryConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class KVCache:
+    """Rotated keys and values of every layer: [memory prefix | prompt and generated tokens].
+
+    The prefix region survives across questions; `reset()` forgets only what came after it.
+    M+ leaves room for the retrieved long-term rows right after the BOS row.
+    """
+
+    def __init__(self, cfg: MemoryConfig, capacity: int, dtype: torch.dtype, device: torch.device | str,
+                 batch: int = 1):
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, capacity, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.prefix_len = 0
+        self.length = 0
+        self.raw_k: Tensor | None = None  # un-rotated keys of the memory rows, for incremental updates
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[-2]
+
+    def reserve(self, rows: int) -> None:
+        """Make room for `rows` more tokens, growing by doubling so long chats stay amortised."""
+        need = self.length + rows
+        if need <= self.capacity:
+            return
+        extra = max(need, 2 * self.capacity) - self.capacity
+        pad = (*self.k.shape[:-2], extra, self.k.shape[-1])
+        self.k = torch.cat([self.k, self.k.new_zeros(pad)], dim=-2)
+        self.v = torch.cat([self.v, self.v.new_zeros(pad)], dim=-2)
+
+    def reset(self) -> None:
+        self.length = self.prefix_len
+
+    def past(self, layer: int, end: int) -> tuple[Tensor, Tensor]:
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> None:
+        end = start + k.shape[-2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+
+
+class MemoryModel(nn.Module):
+    """Weights of a MemoryLLM / M+ checkpoint (not its memory state) and the three layer-stack passes:
+    injection (writes delta memory), prefix (memory rows → cached keys/values) and answering."""
+
+    def __init__(self, cfg: MemoryConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.add_bos_embedding:
+            self.bos_embedding = nn.Parameter(torch.zeros(cfg.num_layers, 1, cfg.hidden_size))
+        self.new_memory_positional_emb = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
+        with torch.device("cpu"):  # rotary tables are computed, never loaded: not on the meta device
+            self.rope = Rope(cfg)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def _rope(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        return self.rope(torch.arange(start, end, device=self.device), self.dtype)
+
+    def _bos(self, layer: int, batch: int) -> list[Tensor]:
+        if not self.config.add_bos_embedding:
+            return []
+        return [self.bos_embedding[layer].to(self.dtype).expand(batch, 1, -1)]
+
+    def inject(self, ids: Tensor, memory: Tensor, initialized: bool = True) -> Tensor:
+        """Delta memory of a context: ids [B, n], memory [L, B, N, d] → delta [L, B, m, d].
+
+        m = K once the memory is initialised. Each layer reads its BOS row and its last K memory rows,
+        then the context; the positional embedding marks the last K rows; the delta is the last K
+        output rows (so for n < K it includes outputs at old memory rows).
+        """
+        cfg, K = self.config, self.config.num_tokens
+        x = self.model.embed_tokens(ids)
+        B, n = ids.shape
+        pe = self.new_memory_positional_emb.to(self.dtype)
+        deltas = []
+        for layer, block in enumerate(self.layers):
+            if initialized:
+                prefix = torch.cat([*self._bos(layer, B), memory[layer][:, -K:]], dim=1)
+                X = torch.cat([prefix, x], dim=1)
+                X = torch.cat([X[:, :-K], X[:, -K:] + pe], dim=1)
+                P = min(prefix.shape[1], X.shape[1] - K)
+                out = self._layer(block, X, P, ADAPTER_INJECT)
+                deltas.append(out[:, -K:])
+            else:
+                m = min(K, n)
+                X = torch.cat([x[:, :-m], x[:, -m:] + pe], dim=1) if cfg.pos_emb_on_first_injection else x
+                out = self._layer(block, X, 0, ADAPTER_INJECT)
+                last = layer == len(self.layers) - 1
+                # The official 8B code adds the next layer's positional embedding in place into the
+                # very storage it returns as delta, so every delta but the last carries it once more.
+                aliased = cfg.pos_emb_on_first_injection and not last
+                deltas.append(out[:, -m:] + pe if aliased else out[:, -m:])
+            x = out[:, -n:]
+        return torch.stack(deltas)
+
+    def _layer(self, block: Block, X: Tensor, P: int, adapter: str) -> Tensor:
+        """One layer over rows X whose first P rows are a prefix: it returns only the other rows."""
+        cos, sin = self._rope(0, X.shape[1])
+        past = None
+        if P:
+            k, v = block.keys_values(X[:, :P], adapter)
+            past = (apply_rope(k, cos[:P], sin[:P]), v)
+        out, _, _ = block(X[:, P:], (cos[P:], sin[P:]), past, adapter)
+        return out
+
+    def fill_prefix(self, cache: KVCache, memory: Tensor) -> None:
+        """Compute every layer's memory prefix (memory [L, B, N, d]) into the cache's prefix region."""
+        adapter, start, rows = self.config.answer_adapter, self.memory_start, memory.shape[2]
+        cache.prefix_len = cache.length = start + rows
+        cache.reserve(0)
+        cos, sin = self._rope(start, start + rows)
+        raw = []
+        for layer, block in enumerate(self.layers):
+            for bos in self._bos(layer, memory.shape[1]):
+                k, v = block.keys_values(bos, adapter)
+                cache.write(layer, 0, apply_rope(k, *self._rope(0, 1)), v)
+            k, v = block.keys_values(memory[layer].to(self.dtype), adapter)
+            raw.append(k)
+            cache.write(layer, start, apply_rope(k, cos, sin), v)
+        cache.raw_k = torch.stack(raw)
+
+    def update_prefix(self, cache: KVCache, kept: Tensor, delta: Tensor) -> None:
+        """Follow a memory update [memory[kept] ; delta] without recomputing the kept rows.
+
+        Un-rotated keys and values of a row do not depend on its position, so kept rows are gathered
+        and re-rotated at their new positions; only the K new rows go through the projections.
+        """
+        start, end = self.memory_start, cache.prefix_len
+        cos, sin = self._rope(start, end)
+        for layer, block in enumerate(self.layers):
+            idx = kept[layer].to(self.device)
+            k_new, v_new = block.keys_values(delta[layer].to(self.dtype), self.config.answer_adapter)
+            raw = torch.cat([cache.raw_k[layer][:, :, idx], k_new], dim=-2)
+            v = torch.cat([cache.v[layer][:, :, start + idx], v_new], dim=-2)
+            cache.raw_k[layer] = raw
+            cache.write(layer, start, apply_rope(raw, cos, sin), v)
+
+    @property
+    def memory_start(self) -> int:
+        """Cache index of the first memory row: after the BOS row and M+'s retrieved long-term rows."""
+        return int(self.config.add_bos_embedding) + self.config.ltm_rows_retrieved
+
+    def forward(self, ids: Tensor, cache: KVCache,
+                retrieve: Callable[[int, Tensor], Tensor] | None = None,
+                hidden: list[Tensor] | None = None) -> Tensor:
+        """Answering path: logits of `ids` [B, n] following what `cache` holds (memory prefix first).
+
+        With `retrieve(layer, queries) -> rows`, M+ fills each layer's long-term slot from the prompt.
+        `hidden`, when given, collects each layer's input rows and the final normed rows.
+        """
+        adapter = self.config.answer_adapter
+        x = self.model.embed_tokens(ids)
+        start, n = cache.length, ids.shape[1]
+        cache.reserve(n)
+        rope = self._rope(start, start + n)
+        for layer, block in enumerate(self.layers):
+            if hidden is not None:
+                hidden.append(x)
+            if retrieve is not None:
+                self._fill_retrieved(cache, layer, block, x, retrieve)
+            x, k, v = block(x, rope, cache.past(layer, start), adapter)
+            cache.write(layer, start, k, v)
+        cache.length = start + n
+        x = self.model.norm(x)
+        if hidden is not None:
+            hidden.append(x)
+        return self.lm_head(x)
+
+    def _fill_retrieved(self, cache: KVCache, layer: int, block: Block, x: Tensor,
+                        retrieve: Callable[[int, Tensor], Tensor]) -> None:
+        queries = block.self_attn.query_proj(block.input_layernorm(x[0]))
+        rows = retrieve(layer, queries).to(device=self.device, dtype=self.dtype)[None]
+        slot = int(self.config.add_bos_embedding)
+        k, v = block.keys_values(rows, self.config.answer_adapter)
+        cos, sin = self._rope(slot, slot + rows.shape[1])
+        cache.write(layer, slot, apply_rope(k, cos, sin), v)
+
+    def selector_keys(self, layer: int, rows: Tensor) -> Tensor:
+        """M+ retrieval keys of memory rows [S, d] → [S, h]."""
+        block = self.layers[layer]
+        return block.self_attn.key_proj(block.input_layernorm(rows.to(self.device, self.dtype)))

@@ -1,0 +1,238 @@
+"""The memory state of a model and the rules that update it, kept apart from the weights.
+
+Every update is a pure function of (state, delta memory, seed): drop indices come from a private
+generator seeded per injection, never from the global RNG, so replaying a journal of injections with
+their seeds rebuilds the same state bit for bit. The state exports to a flat dict of tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from memchat.engine.config import MemoryConfig
+
+CHECKPOINT_ORIGIN = -1  # origin of memory rows that came with the checkpoint
+
+
+@dataclass
+class LongTermMemory:
+    """M+ long-term memory, per layer: rows, their retrieval keys, ages and recall frequencies, plus the
+    rows dropped from the short-term memory since the last merge (the cache), with keys and ages."""
+
+    rows: list[Tensor]
+    keys: list[Tensor]
+    ages: list[Tensor]  # float64, like the official numpy arrays
+    recall_frequencies: list[Tensor]  # float64
+    cached_rows: list[Tensor]
+    cached_keys: list[Tensor]
+    cached_ages: list[Tensor]
+    update_step: int = 0
+
+    @property
+    def layers(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class MemoryState:
+    memory: Tensor  # [L, N, d]: the memory pool (M+: the short-term memory)
+    origins: Tensor  # [L, N] int64: the injection (journal row) that wrote each memory row
+    initialized: bool = True
+    memory_ages: Tensor | None = None  # M+ [L, N] float64: age of each short-term row
+    ltm: LongTermMemory | None = None
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        out = {"memory": self.memory, "origins": self.origins,
+               "initialized": torch.tensor(int(self.initialized), dtype=torch.uint8)}
+        if self.memory_ages is not None:
+            out["memory_ages"] = self.memory_ages
+        if self.ltm is not None:
+            for name in _LTM_LISTS:
+                for layer, t in enumerate(getattr(self.ltm, name)):
+                    out[f"ltm.{name}.{layer}"] = t
+            out["ltm.update_step"] = torch.tensor(self.ltm.update_step, dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor]) -> MemoryState:
+        ltm = None
+        if "ltm.update_step" in t:
+            layers = t["memory"].shape[0]
+            lists = {name: [t[f"ltm.{name}.{i}"] for i in range(layers)] for name in _LTM_LISTS}
+            ltm = LongTermMemory(**lists, update_step=int(t["ltm.update_step"]))
+        return cls(memory=t["memory"], origins=t["origins"], initialized=bool(int(t["initialized"])),
+                   memory_ages=t.get("memory_ages"), ltm=ltm)
+
+
+_LTM_LISTS = ("rows", "keys", "ages", "recall_frequencies", "cached_rows", "cached_keys", "cached_ages")
+
+
+def initial_state(cfg: MemoryConfig, tensors: dict[str, Tensor]) -> MemoryState:
+    """The state a checkpoint ships: its memory pool and, for M+, its long-term memory."""
+    memory = tensors["memory"]
+    L, N = memory.shape[:2]
+    origins = torch.full((L, N), CHECKPOINT_ORIGIN, dtype=torch.int64)
+    if not cfg.is_mplus:
+        initialized = bool(int(tensors["initialized"])) if "initialized" in tensors else True
+        return MemoryState(memory=memory, origins=origins, initialized=initialized)
+    empty = [torch.zeros(0, memory.shape[2], dtype=memory.dtype) for _ in range(L)]
+    ltm = LongTermMemory(
+        rows=[tensors[f"ltm.{i}"] for i in range(L)],
+        keys=[tensors[f"ltm_keys.{i}"] for i in range(L)],
+        # Loading truncates float ages to integers, as the official put_ltm_to_numpy does.
+        ages=[tensors[f"ltm_ages.{i}"].int().double() for i in range(L)],
+        recall_frequencies=[tensors[f"ltm_recall_frequencies.{i}"].double() for i in range(L)],
+        cached_rows=empty,
+        cached_keys=[torch.zeros(0, cfg.selector_hidden_dim, dtype=memory.dtype) for _ in range(L)],
+        cached_ages=[torch.zeros(0, dtype=torch.float64) for _ in range(L)],
+    )
+    ages = torch.zeros(L, N, dtype=torch.float64)  # not in the checkpoint: zero after loading
+    return MemoryState(memory=memory, origins=origins, memory_ages=ages, ltm=ltm)
+
+
+def drop_permutations(cfg: MemoryConfig, seed: int) -> Tensor:
+    """One randperm(N) per layer, or one for all layers, from a generator seeded for this update.
+
+    The generator reproduces the official global-RNG draws after `torch.manual_seed(seed)`.
+    """
+    N = cfg.memory_rows
+    g = torch.Generator().manual_seed(seed)
+    if cfg.drop_memory_per_layer:
+        return torch.stack([torch.randperm(N, generator=g) for _ in range(cfg.num_layers)])
+    return torch.randperm(N, generator=g).expand(cfg.num_layers, N)
+
+
+def kept_indices(cfg: MemoryConfig, seed: int) -> Tensor:
+    """[L, N - drop] ascending indices of the memory rows an update keeps."""
+    return drop_permutations(cfg, seed)[:, : cfg.memory_rows - cfg.drop_count].sort(dim=1).values
+
+
+def update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, kept: Tensor, origin: int,
+           selector_keys: Callable[[int, Tensor], Tensor] | None = None) -> MemoryState:
+    """The state after writing `delta` [L, m, d]: [memory[kept] ; delta] per layer.
+
+    An uninitialised memory is filled by tiling the delta instead. For M+, the dropped rows go to the
+    long-term memory's cache with their ages and keys (`selector_keys(layer, rows)`), and the cache is
+    merged every `update_ltm_frequency` updates.
+    """
+    if not state.initialized:
+        return _first_update(cfg, state, delta, origin)
+    memory = torch.cat([_gather_rows(state.memory, kept), delta.to(state.memory.dtype)], dim=1)
+    origins = torch.cat([_gather_rows(state.origins, kept),
+                         torch.full(delta.shape[:2], origin, dtype=torch.int64)], dim=1)
+    new = replace(state, memory=memory, origins=origins)
+    if cfg.is_mplus:
+        assert selector_keys is not None, "an M+ update needs the selector's key projection"
+        new = _mplus_update(cfg, state, new, kept, selector_keys)
+    return new
+
+
+def _gather_rows(x: Tensor, kept: Tensor) -> Tensor:
+    index = kept.to(x.device)
+    if x.dim() == 3:
+        index = index[..., None].expand(-1, -1, x.shape[-1])
+    return torch.gather(x, 1, index)
+
+
+def _first_update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, origin: int) -> MemoryState:
+    """Tile the first delta over the pool: floor(N/r) copies, then its last N mod r rows."""
+    N, r = cfg.memory_rows, delta.shape[1]
+    if r < N:
+        memory = torch.cat([delta] * (N // r) + ([delta[:, r - N % r:]] if N % r else []), dim=1)
+    else:
+        memory = delta[:, -N:]
+    origins = torch.full(state.origins.shape, origin, dtype=torch.int64)
+    return replace(state, memory=memory.to(state.memory.dtype).contiguous(), origins=origins,
+                   initialized=True)
+
+
+def _mplus_update(cfg: MemoryConfig, old: MemoryState, new: MemoryState, kept: Tensor,
+                  selector_keys: Callable[[int, Tensor], Tensor]) -> MemoryState:
+    K, N = cfg.num_tokens, cfg.memory_rows
+    ltm = old.ltm
+    dropped = _dropped_indices(kept, N)
+    fresh_ages = torch.arange(K - 1, -1, -1, dtype=torch.float64).expand(cfg.num_layers, K)
+    memory_ages = torch.cat([_gather_rows(old.memory_ages, kept), fresh_ages], dim=1)
+    rows, keys, ages = [], [], []
+    for layer in range(cfg.num_layers):
+        lost = old.memory[layer][dropped[layer].to(old.memory.device)]
+        lost_keys = selector_keys(layer, lost).detach().to("cpu", ltm.cached_keys[layer].dtype)
+        rows.append(torch.cat([ltm.cached_rows[layer], lost.detach().to("cpu", ltm.cached_rows[layer].dtype)]))
+        keys.append(torch.cat([ltm.cached_keys[layer], lost_keys]))
+        # Everything already in the long-term memory or its cache ages by K; the rows just dropped keep
+        # the age they had in the short-term memory.
+        ages.append(torch.cat([ltm.cached_ages[layer] + K, old.memory_ages[layer][dropped[layer]]]))
+    ltm = replace(ltm, ages=[a + K for a in ltm.ages], cached_rows=rows, cached_keys=keys,
+                  cached_ages=ages, update_step=ltm.update_step + K)
+    if ltm.update_step >= cfg.update_ltm_frequency * K:
+        ltm = merge_cache(cfg, ltm)
+    return replace(new, memory_ages=memory_ages, ltm=ltm)
+
+
+def _dropped_indices(kept: Tensor, N: int) -> Tensor:
+    is_kept = torch.zeros(kept.shape[0], N, dtype=torch.bool)
+    is_kept.scatter_(1, kept, True)
+    return torch.stack([torch.nonzero(~row).flatten() for row in is_kept])
+
+
+def merge_cache(cfg: MemoryConfig, ltm: LongTermMemory) -> LongTermMemory:
+    """Move the cached dropped rows into the long-term memory; then every recall frequency counts down
+    once, and rows that reached zero are pruned unless that would leave no more than k rows."""
+    out = {name: [] for name in ("rows", "keys", "ages", "recall_frequencies")}
+    for layer in range(ltm.layers):
+        rows = torch.cat([ltm.rows[layer], ltm.cached_rows[layer]])
+        keys = torch.cat([ltm.keys[layer], ltm.cached_keys[layer]])
+        ages = torch.cat([ltm.ages[layer], ltm.cached_ages[layer]])
+        fresh = torch.full((ltm.cached_rows[layer].shape[0],), cfg.initial_rf_when_moving_stm_to_ltm,
+                           dtype=torch.float64)
+        rf = torch.cat([ltm.recall_frequencies[layer], fresh]) - cfg.decay_frequency
+        alive = torch.nonzero(rf > 0.01).flatten()
+        if len(alive) > cfg.ltm_rows_retrieved:
+            rows, keys, ages, rf = rows[alive], keys[alive], ages[alive], rf[alive]
+        else:
+            rf = rf + cfg.decay_frequency
+        for name, value in zip(out, (rows, keys, ages, rf)):
+            out[name].append(value)
+    return LongTermMemory(**out, cached_rows=[r[:0] for r in ltm.cached_rows],
+                          cached_keys=[k[:0] for k in ltm.cached_keys],
+                          cached_ages=[a[:0] for a in ltm.cached_ages], update_step=0)
+
+
+def candidate_scores(ltm: LongTermMemory, layer: int, queries: Tensor) -> Tensor:
+    """Mean over the prompt rows of sigmoid(query · key), for the long-term rows and then the cache."""
+    def score(keys: Tensor) -> Tensor:
+        return torch.sigmoid(queries @ keys.to(queries.device, queries.dtype).T).mean(dim=0)
+
+    return torch.cat([score(ltm.keys[layer]), score(ltm.cached_keys[layer])])
+
+
+def retrieve(cfg: MemoryConfig, ltm: LongTermMemory, layer: int, queries: Tensor) -> tuple[Tensor, Tensor]:
+    """The k long-term rows for one layer's prompt rows [n, h]: top-k candidates by score, in ascending
+    index order, then oldest first.
+
+    Returns the rows [k, d] in prefix order and their candidate indices (cache rows numbered after the
+    long-term rows). Ties in age put the later candidate first, as the official numpy argsort does on
+    small arrays.
+    """
+    k = cfg.ltm_rows_retrieved
+    stored = ltm.rows[layer].shape[0]
+    if stored < k:
+        # Too few rows to choose from: take them cyclically, ignoring the cache.
+        picks = torch.arange(stored).repeat(-(-k // stored))[-k:]
+    else:
+        picks = torch.topk(candidate_scores(ltm, layer, queries), k).indices.sort().values.cpu()
+    picks = picks[torch.argsort(_pick(ltm.ages[layer], ltm.cached_ages[layer], picks), stable=True).flip(0)]
+    return _pick(ltm.rows[layer], ltm.cached_rows[layer], picks), picks
+
+
+def _pick(stored: Tensor, cached: Tensor, picks: Tensor) -> Tensor:
+    """Entries of [stored ; cached] at `picks`, without concatenating the (large) long-term memory."""
+    in_stored = picks < stored.shape[0]
+    out = stored.new_empty((len(picks), *stored.shape[1:]))
+    out[in_stored] = stored[picks[in_stored]]
+    out[~in_stored] = cached[picks[~in_stored] - stored.shape[0]]
+    return out
