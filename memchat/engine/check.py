@@ -63,7 +63,11 @@ def check(folder: Path) -> Report:
     torch.manual_seed(0)  # nothing below may depend on it: updates take explicit seeds
     model, state = load(folder, device="cpu", quant="none", dtype=torch.float32)
     engine = Engine(model, state)
-    meta = json.loads((folder / "golden_meta.json").read_text()) if (folder / "golden_meta.json").exists() else {}
+    meta = (
+        json.loads((folder / "golden_meta.json").read_text())
+        if (folder / "golden_meta.json").exists()
+        else {}
+    )
     report = Report()
     with torch.inference_mode():
         _check_inject(engine, folder, report)
@@ -84,8 +88,14 @@ def _check_inject(engine: Engine, folder: Path, report: Report) -> None:
             report.close(f"inject {case} delta", delta.transpose(0, 1), g[f"delta_{case}"])
 
 
-def _answer(engine: Engine, state: MemoryState, prompt: Tensor, report: Report | None = None,
-            golden: dict[str, Tensor] | None = None, tag: str = "") -> tuple[Tensor, list[Tensor], KVCache]:
+def _answer(
+    engine: Engine,
+    state: MemoryState,
+    prompt: Tensor,
+    report: Report | None = None,
+    golden: dict[str, Tensor] | None = None,
+    tag: str = "",
+) -> tuple[Tensor, list[Tensor], KVCache]:
     """Answering forward over a fresh prefix, recording (and checking) M+ retrieval per layer."""
     cfg, model = engine.config, engine.model
     cache = KVCache(cfg, cfg.prefix_rows + 64, model.dtype, model.device)
@@ -95,8 +105,11 @@ def _answer(engine: Engine, state: MemoryState, prompt: Tensor, report: Report |
         rows, picks = retrieve(cfg, state.ltm, layer, queries)
         if report is not None and golden is not None and f"{tag}layer{layer}.retrieved_rows" in golden:
             pre = f"{tag}layer{layer}."
-            report.close(f"{tag}L{layer} scores", candidate_scores(state.ltm, layer, queries),
-                         golden[pre + "candidate_scores"])
+            report.close(
+                f"{tag}L{layer} scores",
+                candidate_scores(state.ltm, layer, queries),
+                golden[pre + "candidate_scores"],
+            )
             report.exact(f"{tag}L{layer} picks", picks, golden[pre + "retrieved_flat_indices"])
             report.exact(f"{tag}L{layer} rows", rows, golden[pre + "retrieved_rows"])
         return rows
@@ -153,23 +166,27 @@ def _mplus_state(cfg: MemoryConfig, g: dict[str, Tensor], pre: str, origins: Ten
 
     d, h = cfg.hidden_size, cfg.selector_hidden_dim
     ltm = LongTermMemory(
-        rows=per_layer("ltm"), keys=per_layer("ltm_keys"), ages=per_layer("ltm_ages"),
+        rows=per_layer("ltm"),
+        keys=per_layer("ltm_keys"),
+        ages=per_layer("ltm_ages"),
         recall_frequencies=per_layer("ltm_recall_frequencies"),
         cached_rows=cached("cached_dropped_memories", torch.zeros(0, d)),
         cached_keys=cached("cached_dropped_keys", torch.zeros(0, h)),
-        cached_ages=cached("cached_dropped_memory_ages", torch.zeros(0, dtype=torch.float64)))
-    return MemoryState(memory=g[pre + "memory"], origins=origins, memory_ages=torch.stack(per_layer("memory_ages")),
-                       ltm=ltm)
+        cached_ages=cached("cached_dropped_memory_ages", torch.zeros(0, dtype=torch.float64)),
+    )
+    return MemoryState(
+        memory=g[pre + "memory"], origins=origins, memory_ages=torch.stack(per_layer("memory_ages")), ltm=ltm
+    )
 
 
 def _compare_mplus(report: Report, tag: str, got: MemoryState, want: MemoryState) -> None:
     report.exact(f"{tag} memory", got.memory, want.memory)
     report.exact(f"{tag} memory ages", got.memory_ages, want.memory_ages)
     for name in ("rows", "ages", "recall_frequencies", "cached_rows", "cached_ages"):
-        for layer, (a, b) in enumerate(zip(getattr(got.ltm, name), getattr(want.ltm, name))):
+        for layer, (a, b) in enumerate(zip(getattr(got.ltm, name), getattr(want.ltm, name), strict=True)):
             report.exact(f"{tag} ltm {name} L{layer}", a, b)
     for name in ("keys", "cached_keys"):
-        for layer, (a, b) in enumerate(zip(getattr(got.ltm, name), getattr(want.ltm, name))):
+        for layer, (a, b) in enumerate(zip(getattr(got.ltm, name), getattr(want.ltm, name), strict=True)):
             report.close(f"{tag} ltm {name} L{layer}", a, b)
 
 
@@ -180,8 +197,12 @@ def _check_sequence(engine: Engine, folder: Path, meta: dict, report: Report) ->
         return
     cfg = engine.config
     state = _mplus_state(cfg, g, "state0.", engine.state.origins)
-    forwards = {0: "forward_state0.", 1: "forward_after_step1.", 2: "forward_after_step2.",
-                4: "forward_after_step4."}
+    forwards = {
+        0: "forward_state0.",
+        1: "forward_after_step1.",
+        2: "forward_after_step2.",
+        4: "forward_after_step4.",
+    }
     steps = meta.get("sequence", {}).get("steps", [])
     for done in range(len(steps) + 1):
         tag = forwards.get(done)
@@ -214,8 +235,11 @@ def _check_generate(engine: Engine, folder: Path, report: Report) -> None:
     gen = Engine(engine.model, state)
     steps: list[Tensor] = []
     sampling = Sampling(max_new_tokens=len(g["new_token_ids"]))
-    tokens = list(generate(gen.model, gen.cache(), g["prompt_ids"], sampling, retrieve=gen.retriever(),
-                           logits_out=steps))
+    tokens = list(
+        generate(
+            gen.model, gen.cache(), g["prompt_ids"], sampling, retrieve=gen.retriever(), logits_out=steps
+        )
+    )
     report.exact("generate greedy tokens", torch.tensor(tokens), g["new_token_ids"])
     report.close("generate step logits", torch.stack(steps[: len(g["step_logits"])]), g["step_logits"])
 
@@ -254,7 +278,9 @@ def _print(report: Report, folder: Path) -> None:
     console = Console()
     console.print(table)
     misses = sum(not row[3] for row in report.rows)
-    console.print(f"{len(report.rows)} checks, {misses} missed" if misses else f"{len(report.rows)} checks, all ok")
+    console.print(
+        f"{len(report.rows)} checks, {misses} missed" if misses else f"{len(report.rows)} checks, all ok"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,7 +199,7 @@ def _parse(raw: dict[str, Any]) -> MemoryConfig:
     K, blocks = int(_require(raw, "num_tokens")), int(_require(raw, "num_blocks"))
     _check(K > 0, "num_tokens", K, "a positive integer")
     ltm_blocks = int(raw.get("num_ltm_blocks") or 0) if is_mplus else 0
-    _check(0 < blocks - ltm_blocks, "num_blocks", blocks, f"more than num_ltm_blocks={ltm_blocks}")
+    _check(blocks - ltm_blocks > 0, "num_blocks", blocks, f"more than num_ltm_blocks={ltm_blocks}")
     memory_rows = (blocks - ltm_blocks) * K
     drop = int(memory_rows * (1 / (blocks - ltm_blocks)))
     # The official update keeps N - drop rows and appends K; any other drop would resize the pool.
@@ -251,8 +251,9 @@ def _parse_mplus(raw: dict[str, Any], ltm_blocks: int, hidden: int) -> dict[str,
     layers = raw.get("selector_layers")
     n_layers = int(raw["num_hidden_layers"])
     # A layer without a selector cannot retrieve; the official code would fail there too.
-    _check(layers is None or sorted(layers) == list(range(n_layers)), "selector_layers", layers,
-           "every layer")
+    _check(
+        layers is None or sorted(layers) == list(range(n_layers)), "selector_layers", layers, "every layer"
+    )
     initial = int(raw.get("ltm_initial_size", 1))
     _check(initial > 0, "ltm_initial_size", initial, "at least 1 (retrieval needs rows to choose from)")
     return dict(

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from memchat.engine.config import MemoryConfig
-from memchat.engine.generate import Sampling, generate, stream_text
+from memchat.engine.generate import Sampling, eos_ids, generate, read_generation_config, stream_text
 from memchat.engine.load import load, resolve
 from memchat.engine.model import KVCache, MemoryModel
 from memchat.engine.state import MemoryState, kept_indices, retrieve, update
@@ -27,13 +27,21 @@ class Engine:
         self.model = model
         self.folder = folder
         self.tokenizer = tokenizer
-        self.sampling = Sampling.from_generation_config(folder) if folder else Sampling()
+        generation_config = read_generation_config(folder) if folder else {}
+        self.sampling = Sampling.from_generation_config(generation_config)
+        self._eos = eos_ids(generation_config)
         self._state = state
         self._cache: KVCache | None = None  # built on the first question, then kept current
 
     @classmethod
-    def load(cls, source: str | Path, device: str | None = None, quant: str | None = None,
-             dtype: torch.dtype | None = None, cache_dir: Path | None = None) -> Engine:
+    def load(
+        cls,
+        source: str | Path,
+        device: str | None = None,
+        quant: str | None = None,
+        dtype: torch.dtype | None = None,
+        cache_dir: Path | None = None,
+    ) -> Engine:
         folder = resolve(str(source), cache_dir)
         model, state = load(folder, device=device, quant=quant, dtype=dtype)
         return cls(model, state, folder, _load_tokenizer(folder))
@@ -89,14 +97,29 @@ class Engine:
             return None
         return lambda layer, queries: retrieve(self.config, ltm, layer, queries)[0]
 
-    def generate_ids(self, prompt: Sequence[int] | Tensor, sampling: Sampling | None = None,
-                     generator: torch.Generator | None = None) -> Iterator[int]:
+    def generate_ids(
+        self,
+        prompt: Sequence[int] | Tensor,
+        sampling: Sampling | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[int]:
         prompt = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
-        return generate(self.model, self.cache(), prompt, sampling or self.sampling, self.stop_ids(),
-                        self.retriever(), generator)
+        return generate(
+            self.model,
+            self.cache(),
+            prompt,
+            sampling or self.sampling,
+            self.stop_ids(),
+            self.retriever(),
+            generator,
+        )
 
-    def stream(self, prompt: Sequence[int] | Tensor, sampling: Sampling | None = None,
-               generator: torch.Generator | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: Sequence[int] | Tensor,
+        sampling: Sampling | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[str]:
         """Reply text piece by piece."""
         tokens = self.generate_ids(prompt, sampling, generator)
         return stream_text(tokens, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -121,7 +144,7 @@ class Engine:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def stop_ids(self) -> set[int]:
-        stop = set(self.config.eos_token_ids)
+        stop = set(self.config.eos_token_ids) | self._eos
         tok = self.tokenizer
         if tok is not None:
             if tok.eos_token_id is not None:

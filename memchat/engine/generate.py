@@ -23,19 +23,28 @@ class Sampling:
     max_new_tokens: int = 256
 
     @classmethod
-    def from_generation_config(cls, folder: Path) -> Sampling:
-        """The checkpoint's own defaults from generation_config.json, greedy where it says nothing."""
-        path = folder / "generation_config.json"
-        if not path.exists():
-            return cls()
-        gc = json.loads(path.read_text())
+    def from_generation_config(cls, gc: dict) -> Sampling:
+        """The checkpoint's own defaults from its generation_config.json, greedy where it says nothing."""
         if not gc.get("do_sample", False):
             return cls(max_new_tokens=int(gc.get("max_new_tokens", cls.max_new_tokens)))
-        return cls(temperature=float(gc.get("temperature", 1.0)), top_p=float(gc.get("top_p", 1.0)),
-                   max_new_tokens=int(gc.get("max_new_tokens", cls.max_new_tokens)))
+        return cls(
+            temperature=float(gc.get("temperature", 1.0)),
+            top_p=float(gc.get("top_p", 1.0)),
+            max_new_tokens=int(gc.get("max_new_tokens", cls.max_new_tokens)),
+        )
 
     def with_overrides(self, **values: float | int | None) -> Sampling:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def read_generation_config(folder: Path) -> dict:
+    path = folder / "generation_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def eos_ids(gc: dict) -> set[int]:
+    eos = gc.get("eos_token_id")
+    return set() if eos is None else set(eos) if isinstance(eos, list) else {int(eos)}
 
 
 def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
@@ -52,9 +61,16 @@ def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | 
 
 
 @torch.inference_mode()
-def generate(model: MemoryModel, cache: KVCache, prompt: Tensor, sampling: Sampling,
-             stop_ids: Iterable[int] = (), retrieve: Callable[[int, Tensor], Tensor] | None = None,
-             generator: torch.Generator | None = None, logits_out: list[Tensor] | None = None) -> Iterator[int]:
+def generate(
+    model: MemoryModel,
+    cache: KVCache,
+    prompt: Tensor,
+    sampling: Sampling,
+    stop_ids: Iterable[int] = (),
+    retrieve: Callable[[int, Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    logits_out: list[Tensor] | None = None,
+) -> Iterator[int]:
     """Yield new token ids for `prompt` [1, n] until a stop id or max_new_tokens.
 
     The cache is reset to its memory prefix first; M+ retrieves once, from the prompt, in the prefill.
@@ -62,7 +78,7 @@ def generate(model: MemoryModel, cache: KVCache, prompt: Tensor, sampling: Sampl
     """
     stop = set(stop_ids)
     cache.reset()
-    logits = model(prompt.to(model.device), cache, retrieve=retrieve)[0, -1]
+    logits = model(prompt.to(model.device), cache, retrieve=retrieve, last_only=True)[0, -1]
     for produced in range(sampling.max_new_tokens):
         if logits_out is not None:
             logits_out.append(logits)
@@ -84,8 +100,8 @@ def stream_text(tokens: Iterable[int], decode: Callable[[list[int]], str]) -> It
         if text.endswith("\ufffd"):
             continue
         if len(text) > len(shown):
-            yield text[len(shown):]
+            yield text[len(shown) :]
         shown = text
     text = decode(ids)
     if len(text) > len(shown):
-        yield text[len(shown):]
+        yield text[len(shown) :]

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -31,8 +31,9 @@ HUB_PRESETS = {
 }
 TINY_PRESETS = {"tiny": "memoryllm", "tiny-mplus": "mplus", "tiny-7b": "memoryllm-7b"}
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken"]
-_STATE_KEY = re.compile(r"^(memory|initialized|ltm(_keys|_ages|_recall_frequencies)?\.\d+)$")
-_BACKBONE_LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj(\.base_layer)?$")
+_BACKBONE_LINEAR = re.compile(
+    r"^model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj(\.base_layer)?$"
+)
 # Tensors above this size are read in row blocks to bound peak CPU memory.
 _BLOCK_BYTES = 256 << 20
 
@@ -55,7 +56,9 @@ def resolve(source: str, cache_dir: Path | None = None) -> Path:
         return _tiny_folder(source, cache_dir)
     repo = HUB_PRESETS.get(source, source)
     if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise LoadError(f"'{source}' is neither a model folder, a preset ({', '.join(presets())}) nor a hub id")
+        raise LoadError(
+            f"'{source}' is neither a model folder, a preset ({', '.join(presets())}) nor a hub id"
+        )
     return download(repo)
 
 
@@ -67,11 +70,14 @@ def download(repo: str) -> Path:
     try:
         return Path(snapshot_download(repo, allow_patterns=HUB_FILES))
     except RepositoryNotFoundError:
-        raise LoadError(f"no model '{repo}' on the Hugging Face hub; pass a local folder with --model PATH") \
-            from None
+        raise LoadError(
+            f"no model '{repo}' on the Hugging Face hub; pass a local folder with --model PATH"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        raise LoadError(f"cannot download '{repo}' ({type(e).__name__}): are you offline? Download it "
-                        f"elsewhere and pass the folder with --model PATH") from None
+        raise LoadError(
+            f"cannot download '{repo}' ({type(e).__name__}): are you offline? Download it "
+            f"elsewhere and pass the folder with --model PATH"
+        ) from None
 
 
 def _tiny_folder(preset: str, cache_dir: Path | None) -> Path:
@@ -123,13 +129,27 @@ def build_model(cfg: MemoryConfig) -> MemoryModel:
                     for name in cfg.lora.targets:
                         base = getattr(parent, name, None)
                         if base is not None:
-                            setattr(parent, name, LoRALinear(base, base.in_features, base.out_features,
-                                                             cfg.lora.r, cfg.lora.scale, adapters))
+                            setattr(
+                                parent,
+                                name,
+                                LoRALinear(
+                                    base,
+                                    base.in_features,
+                                    base.out_features,
+                                    cfg.lora.r,
+                                    cfg.lora.scale,
+                                    adapters,
+                                ),
+                            )
     return model
 
 
-def load(folder: Path, device: torch.device | str | None = None, quant: str | None = None,
-         dtype: torch.dtype | None = None) -> tuple[MemoryModel, MemoryState]:
+def load(
+    folder: Path,
+    device: torch.device | str | None = None,
+    quant: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[MemoryModel, MemoryState]:
     """Load weights and initial memory state from a checkpoint folder."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -140,14 +160,38 @@ def load(folder: Path, device: torch.device | str | None = None, quant: str | No
     model = build_model(cfg)
     files = weight_files(folder)
     _check_keys(model, cfg, files)
+    return model, populate(model, _stream(files, dtype, device), quant, dtype, device)
+
+
+def populate(
+    model: MemoryModel,
+    tensors: Iterable[tuple[str, Tensor]],
+    quant: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> MemoryState:
+    """Move named tensors into the meta-device skeleton (quantizing backbone linears as they arrive) and
+    build the initial memory state from the state tensors among them."""
     state_tensors: dict[str, Tensor] = {}
-    for name, tensor in _stream(files, dtype, device):
-        if _STATE_KEY.match(name):
+    keys = state_keys(model.config)
+    for name, tensor in tensors:
+        if name in keys:
             state_tensors[name] = tensor
         else:
             _assign(model, name, tensor, quant, dtype, device)
     model.eval().requires_grad_(False)
-    return model, initial_state(cfg, state_tensors)
+    return initial_state(model.config, state_tensors)
+
+
+def state_keys(cfg: MemoryConfig) -> set[str]:
+    """Checkpoint keys that hold the initial memory state rather than weights."""
+    if not cfg.is_mplus:
+        return {"memory", "initialized"}
+    return {"memory"} | {
+        f"{kind}.{i}"
+        for kind in ("ltm", "ltm_keys", "ltm_ages", "ltm_recall_frequencies")
+        for i in range(cfg.num_layers)
+    }
 
 
 def _check_keys(model: MemoryModel, cfg: MemoryConfig, files: list[Path]) -> None:
@@ -157,16 +201,14 @@ def _check_keys(model: MemoryModel, cfg: MemoryConfig, files: list[Path]) -> Non
     for file in files:
         with safe_open(file, "pt") as f:
             found.update(f.keys())
-    expected = set(model.state_dict()) | {"memory"}
-    if cfg.is_mplus:
-        expected |= {f"{kind}.{i}" for kind in ("ltm", "ltm_keys", "ltm_ages", "ltm_recall_frequencies")
-                     for i in range(cfg.num_layers)}
-    else:
-        expected.add("initialized")
+    expected = set(model.state_dict()) | state_keys(cfg)
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
-        parts = [f"{label} keys: {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        parts = [
+            f"{label} keys: {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''} ({len(keys)})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
         raise LoadError(f"checkpoint does not match its config.json: {'; '.join(parts)}")
 
 
@@ -176,7 +218,7 @@ def _stream(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iter
 
     for file in files:
         with safe_open(file, "pt") as f:
-            for name in f.keys():
+            for name in f:
                 yield name, _read(f.get_slice(name), name, dtype, device)
 
 
@@ -193,12 +235,13 @@ def _read(piece, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
     out = torch.empty(shape, dtype=target, device=where)
     step = max(1, _BLOCK_BYTES // max(1, first.numel() * first.element_size()))
     for start in range(0, shape[0], step):
-        out[start:start + step] = piece[start:start + step].to(where, target)
+        out[start : start + step] = piece[start : start + step].to(where, target)
     return out
 
 
-def _assign(model: MemoryModel, name: str, tensor: Tensor, quant: str, dtype: torch.dtype,
-            device: torch.device) -> None:
+def _assign(
+    model: MemoryModel, name: str, tensor: Tensor, quant: str, dtype: torch.dtype, device: torch.device
+) -> None:
     module_path, _, param = name.rpartition(".")
     parent_path, _, child = module_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model

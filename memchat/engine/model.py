@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memchat.engine.config import ADAPTER_DECODE, ADAPTER_INJECT, MemoryConfig
+from memchat.engine.config import ADAPTER_INJECT, MemoryConfig
 
 
 class RMSNorm(nn.Module):
@@ -35,8 +35,15 @@ class LoRALinear(nn.Module):
     `decoder_adapter` reads it (answering).
     """
 
-    def __init__(self, base: nn.Module, in_features: int, out_features: int, r: int, scale: float,
-                 adapters: tuple[str, ...]):
+    def __init__(
+        self,
+        base: nn.Module,
+        in_features: int,
+        out_features: int,
+        r: int,
+        scale: float,
+        adapters: tuple[str, ...],
+    ):
         super().__init__()
         self.base_layer = base
         self.lora_A = nn.ModuleDict({a: nn.Linear(in_features, r, bias=False) for a in adapters})
@@ -55,8 +62,9 @@ def selector(in_dim: int, out_dim: int, layers: int) -> nn.Module:
     """M+ retriever projection; saved as `.0.weight` (and `.2.weight` with two layers)."""
     if layers == 1:
         return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False))
-    return nn.Sequential(nn.Linear(in_dim, 2 * out_dim, bias=False), nn.SiLU(),
-                         nn.Linear(2 * out_dim, out_dim, bias=False))
+    return nn.Sequential(
+        nn.Linear(in_dim, 2 * out_dim, bias=False), nn.SiLU(), nn.Linear(2 * out_dim, out_dim, bias=False)
+    )
 
 
 class Attention(nn.Module):
@@ -103,30 +111,46 @@ class Block(nn.Module):
         """Un-rotated keys and values [B, kv_heads, T, head_dim] of layer-input rows."""
         h = self.input_layernorm(x)
         attn = self.self_attn
-        return (self._split(linear(attn.k_proj, h, adapter), self.kv_heads),
-                self._split(linear(attn.v_proj, h, adapter), self.kv_heads))
+        return (
+            self._split(linear(attn.k_proj, h, adapter), self.kv_heads),
+            self._split(linear(attn.v_proj, h, adapter), self.kv_heads),
+        )
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None,
-                adapter: str) -> tuple[Tensor, Tensor, Tensor]:
-        """Query rows `x` [B, n, d] after the (rotated) keys/values `past`; query i sees past + i + 1 keys.
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], start: int, adapter: str
+    ) -> Tensor:
+        """Query rows `x` [B, n, d] at positions start…start+n-1.
 
-        Returns the output rows and the rotated keys and values of `x`, for the cache.
+        `kv` are this layer's key/value buffers [B, kv_heads, capacity, head_dim] holding the rotated
+        keys of every earlier row; the rows of `x` are written after them, and query i sees the first
+        start + i + 1 rows.
         """
         attn = self.self_attn
         h = self.input_layernorm(x)
         q = apply_rope(self._split(linear(attn.q_proj, h, adapter), self.heads), *rope)
-        k = apply_rope(self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope)
-        v = self._split(linear(attn.v_proj, h, adapter), self.kv_heads)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], -2), torch.cat([past[1], v], -2))
-        n, seen = x.shape[-2], keys.shape[-2] - x.shape[-2]
-        mask = None
-        if n > 1:
-            mask = torch.ones(n, seen + n, dtype=torch.bool, device=x.device).tril(seen)
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                           enable_gqa=self.heads != self.kv_heads)
+        end = start + x.shape[-2]
+        kv[0][:, :, start:end] = apply_rope(
+            self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope
+        )
+        kv[1][:, :, start:end] = self._split(linear(attn.v_proj, h, adapter), self.kv_heads)
+        o = attend(q, kv[0][:, :, :end], kv[1][:, :, :end], start)
         x = x + attn.o_proj(o.transpose(-3, -2).reshape(*x.shape[:-1], -1))
-        x = x + self.mlp(self.post_attention_layernorm(x), adapter)
-        return x, k, v
+        return x + self.mlp(self.post_attention_layernorm(x), adapter)
+
+
+def attend(q: Tensor, keys: Tensor, values: Tensor, seen: int) -> Tensor:
+    """Queries [B, H, n, hd] over keys [B, kv_heads, seen + n, hd]; query i sees key j ≤ seen + i.
+
+    The query heads sharing a key/value head are stacked as extra query rows, so grouped KV heads are
+    read in place instead of being repeated per query head.
+    """
+    B, H, n, hd = q.shape
+    groups = H // keys.shape[1]
+    mask = None
+    if n > 1:
+        mask = torch.ones(n, seen + n, dtype=torch.bool, device=q.device).tril(seen).repeat(groups, 1)
+    o = F.scaled_dot_product_attention(q.reshape(B, -1, groups * n, hd), keys, values, attn_mask=mask)
+    return o.reshape(B, H, n, hd)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -165,9 +189,13 @@ def rope_frequencies(cfg: MemoryConfig) -> tuple[Tensor, float]:
 
     kind = cfg.rope_scaling["rope_type"]
     llama = LlamaConfig(
-        hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_heads, head_dim=cfg.head_dim,
-        num_key_value_heads=cfg.num_kv_heads, rope_theta=cfg.rope_theta,
-        rope_scaling=dict(cfg.rope_scaling), max_position_embeddings=cfg.max_position_embeddings,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        num_key_value_heads=cfg.num_kv_heads,
+        rope_theta=cfg.rope_theta,
+        rope_scaling=dict(cfg.rope_scaling),
+        max_position_embeddings=cfg.max_position_embeddings,
     )
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](llama, "cpu")
     return inv_freq.float(), float(scaling)
@@ -188,8 +216,9 @@ class KVCache:
     M+ leaves room for the retrieved long-term rows right after the BOS row.
     """
 
-    def __init__(self, cfg: MemoryConfig, capacity: int, dtype: torch.dtype, device: torch.device | str,
-                 batch: int = 1):
+    def __init__(
+        self, cfg: MemoryConfig, capacity: int, dtype: torch.dtype, device: torch.device | str, batch: int = 1
+    ):
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, capacity, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -214,8 +243,8 @@ class KVCache:
     def reset(self) -> None:
         self.length = self.prefix_len
 
-    def past(self, layer: int, end: int) -> tuple[Tensor, Tensor]:
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def layer(self, layer: int) -> tuple[Tensor, Tensor]:
+        return self.k[layer], self.v[layer]
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> None:
         end = start + k.shape[-2]
@@ -293,12 +322,12 @@ class MemoryModel(nn.Module):
     def _layer(self, block: Block, X: Tensor, P: int, adapter: str) -> Tensor:
         """One layer over rows X whose first P rows are a prefix: it returns only the other rows."""
         cos, sin = self._rope(0, X.shape[1])
-        past = None
-        if P:
-            k, v = block.keys_values(X[:, :P], adapter)
-            past = (apply_rope(k, cos[:P], sin[:P]), v)
-        out, _, _ = block(X[:, P:], (cos[P:], sin[P:]), past, adapter)
-        return out
+        k, v = block.keys_values(X[:, :P], adapter)
+        shape = (*k.shape[:2], X.shape[1], k.shape[-1])
+        kv = (k.new_empty(shape), v.new_empty(shape))
+        kv[0][:, :, :P] = apply_rope(k, cos[:P], sin[:P])
+        kv[1][:, :, :P] = v
+        return block(X[:, P:], (cos[P:], sin[P:]), kv, P, adapter)
 
     def fill_prefix(self, cache: KVCache, memory: Tensor) -> None:
         """Compute every layer's memory prefix (memory [L, B, N, d]) into the cache's prefix region."""
@@ -337,13 +366,19 @@ class MemoryModel(nn.Module):
         """Cache index of the first memory row: after the BOS row and M+'s retrieved long-term rows."""
         return int(self.config.add_bos_embedding) + self.config.ltm_rows_retrieved
 
-    def forward(self, ids: Tensor, cache: KVCache,
-                retrieve: Callable[[int, Tensor], Tensor] | None = None,
-                hidden: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        ids: Tensor,
+        cache: KVCache,
+        retrieve: Callable[[int, Tensor], Tensor] | None = None,
+        hidden: list[Tensor] | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
         """Answering path: logits of `ids` [B, n] following what `cache` holds (memory prefix first).
 
         With `retrieve(layer, queries) -> rows`, M+ fills each layer's long-term slot from the prompt.
-        `hidden`, when given, collects each layer's input rows and the final normed rows.
+        `hidden`, when given, collects each layer's input rows and the final normed rows. `last_only`
+        skips the vocabulary projection for all but the last position, all that generation needs.
         """
         adapter = self.config.answer_adapter
         x = self.model.embed_tokens(ids)
@@ -355,16 +390,16 @@ class MemoryModel(nn.Module):
                 hidden.append(x)
             if retrieve is not None:
                 self._fill_retrieved(cache, layer, block, x, retrieve)
-            x, k, v = block(x, rope, cache.past(layer, start), adapter)
-            cache.write(layer, start, k, v)
+            x = block(x, rope, cache.layer(layer), start, adapter)
         cache.length = start + n
-        x = self.model.norm(x)
+        x = self.model.norm(x[:, -1:] if last_only else x)
         if hidden is not None:
             hidden.append(x)
         return self.lm_head(x)
 
-    def _fill_retrieved(self, cache: KVCache, layer: int, block: Block, x: Tensor,
-                        retrieve: Callable[[int, Tensor], Tensor]) -> None:
+    def _fill_retrieved(
+        self, cache: KVCache, layer: int, block: Block, x: Tensor, retrieve: Callable[[int, Tensor], Tensor]
+    ) -> None:
         queries = block.self_attn.query_proj(block.input_layernorm(x[0]))
         rows = retrieve(layer, queries).to(device=self.device, dtype=self.dtype)[None]
         slot = int(self.config.add_bos_embedding)

@@ -22,20 +22,30 @@ def default_mode(device: torch.device) -> str:
     return "nf4" if device.type == "cuda" else "none"
 
 
-def quantized_linear(weight: Tensor, mode: str, compute_dtype: torch.dtype, device: torch.device) -> nn.Module:
+def quantized_linear(
+    weight: Tensor, mode: str, compute_dtype: torch.dtype, device: torch.device
+) -> nn.Module:
     """A linear layer holding `weight` [out, in] quantized on `device` (quantization happens on the move)."""
     import bitsandbytes as bnb
 
     out_features, in_features = weight.shape
     if mode == "nf4":
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=compute_dtype,
-                                  quant_type="nf4", device="meta")
+        layer = bnb.nn.Linear4bit(
+            in_features,
+            out_features,
+            bias=False,
+            compute_dtype=compute_dtype,
+            quant_type="nf4",
+            device="meta",
+        )
         layer.weight = bnb.nn.Params4bit(weight.to(compute_dtype), requires_grad=False, quant_type="nf4")
     elif mode == "int8":
-        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False,
-                                    device="meta")
-        layer.weight = bnb.nn.Int8Params(weight.to(compute_dtype), requires_grad=False,
-                                         has_fp16_weights=False)
+        layer = bnb.nn.Linear8bitLt(
+            in_features, out_features, bias=False, has_fp16_weights=False, device="meta"
+        )
+        layer.weight = bnb.nn.Int8Params(
+            weight.to(compute_dtype), requires_grad=False, has_fp16_weights=False
+        )
     else:
         raise QuantError(f"'{mode}' is not a quantized mode")
     return layer.to(device)

@@ -46,8 +46,11 @@ class MemoryState:
     ltm: LongTermMemory | None = None
 
     def to_tensors(self) -> dict[str, Tensor]:
-        out = {"memory": self.memory, "origins": self.origins,
-               "initialized": torch.tensor(int(self.initialized), dtype=torch.uint8)}
+        out = {
+            "memory": self.memory,
+            "origins": self.origins,
+            "initialized": torch.tensor(int(self.initialized), dtype=torch.uint8),
+        }
         if self.memory_ages is not None:
             out["memory_ages"] = self.memory_ages
         if self.ltm is not None:
@@ -64,8 +67,13 @@ class MemoryState:
             layers = t["memory"].shape[0]
             lists = {name: [t[f"ltm.{name}.{i}"] for i in range(layers)] for name in _LTM_LISTS}
             ltm = LongTermMemory(**lists, update_step=int(t["ltm.update_step"]))
-        return cls(memory=t["memory"], origins=t["origins"], initialized=bool(int(t["initialized"])),
-                   memory_ages=t.get("memory_ages"), ltm=ltm)
+        return cls(
+            memory=t["memory"],
+            origins=t["origins"],
+            initialized=bool(int(t["initialized"])),
+            memory_ages=t.get("memory_ages"),
+            ltm=ltm,
+        )
 
 
 _LTM_LISTS = ("rows", "keys", "ages", "recall_frequencies", "cached_rows", "cached_keys", "cached_ages")
@@ -111,8 +119,14 @@ def kept_indices(cfg: MemoryConfig, seed: int) -> Tensor:
     return drop_permutations(cfg, seed)[:, : cfg.memory_rows - cfg.drop_count].sort(dim=1).values
 
 
-def update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, kept: Tensor, origin: int,
-           selector_keys: Callable[[int, Tensor], Tensor] | None = None) -> MemoryState:
+def update(
+    cfg: MemoryConfig,
+    state: MemoryState,
+    delta: Tensor,
+    kept: Tensor,
+    origin: int,
+    selector_keys: Callable[[int, Tensor], Tensor] | None = None,
+) -> MemoryState:
     """The state after writing `delta` [L, m, d]: [memory[kept] ; delta] per layer.
 
     An uninitialised memory is filled by tiling the delta instead. For M+, the dropped rows go to the
@@ -122,8 +136,9 @@ def update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, kept: Tensor, o
     if not state.initialized:
         return _first_update(cfg, state, delta, origin)
     memory = torch.cat([_gather_rows(state.memory, kept), delta.to(state.memory.dtype)], dim=1)
-    origins = torch.cat([_gather_rows(state.origins, kept),
-                         torch.full(delta.shape[:2], origin, dtype=torch.int64)], dim=1)
+    origins = torch.cat(
+        [_gather_rows(state.origins, kept), torch.full(delta.shape[:2], origin, dtype=torch.int64)], dim=1
+    )
     new = replace(state, memory=memory, origins=origins)
     if cfg.is_mplus:
         assert selector_keys is not None, "an M+ update needs the selector's key projection"
@@ -142,16 +157,22 @@ def _first_update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, origin: 
     """Tile the first delta over the pool: floor(N/r) copies, then its last N mod r rows."""
     N, r = cfg.memory_rows, delta.shape[1]
     if r < N:
-        memory = torch.cat([delta] * (N // r) + ([delta[:, r - N % r:]] if N % r else []), dim=1)
+        memory = torch.cat([delta] * (N // r) + ([delta[:, r - N % r :]] if N % r else []), dim=1)
     else:
         memory = delta[:, -N:]
     origins = torch.full(state.origins.shape, origin, dtype=torch.int64)
-    return replace(state, memory=memory.to(state.memory.dtype).contiguous(), origins=origins,
-                   initialized=True)
+    return replace(
+        state, memory=memory.to(state.memory.dtype).contiguous(), origins=origins, initialized=True
+    )
 
 
-def _mplus_update(cfg: MemoryConfig, old: MemoryState, new: MemoryState, kept: Tensor,
-                  selector_keys: Callable[[int, Tensor], Tensor]) -> MemoryState:
+def _mplus_update(
+    cfg: MemoryConfig,
+    old: MemoryState,
+    new: MemoryState,
+    kept: Tensor,
+    selector_keys: Callable[[int, Tensor], Tensor],
+) -> MemoryState:
     K, N = cfg.num_tokens, cfg.memory_rows
     ltm = old.ltm
     dropped = _dropped_indices(kept, N)
@@ -161,13 +182,21 @@ def _mplus_update(cfg: MemoryConfig, old: MemoryState, new: MemoryState, kept: T
     for layer in range(cfg.num_layers):
         lost = old.memory[layer][dropped[layer].to(old.memory.device)]
         lost_keys = selector_keys(layer, lost).detach().to("cpu", ltm.cached_keys[layer].dtype)
-        rows.append(torch.cat([ltm.cached_rows[layer], lost.detach().to("cpu", ltm.cached_rows[layer].dtype)]))
+        rows.append(
+            torch.cat([ltm.cached_rows[layer], lost.detach().to("cpu", ltm.cached_rows[layer].dtype)])
+        )
         keys.append(torch.cat([ltm.cached_keys[layer], lost_keys]))
         # Everything already in the long-term memory or its cache ages by K; the rows just dropped keep
         # the age they had in the short-term memory.
         ages.append(torch.cat([ltm.cached_ages[layer] + K, old.memory_ages[layer][dropped[layer]]]))
-    ltm = replace(ltm, ages=[a + K for a in ltm.ages], cached_rows=rows, cached_keys=keys,
-                  cached_ages=ages, update_step=ltm.update_step + K)
+    ltm = replace(
+        ltm,
+        ages=[a + K for a in ltm.ages],
+        cached_rows=rows,
+        cached_keys=keys,
+        cached_ages=ages,
+        update_step=ltm.update_step + K,
+    )
     if ltm.update_step >= cfg.update_ltm_frequency * K:
         ltm = merge_cache(cfg, ltm)
     return replace(new, memory_ages=memory_ages, ltm=ltm)
@@ -187,23 +216,29 @@ def merge_cache(cfg: MemoryConfig, ltm: LongTermMemory) -> LongTermMemory:
         rows = torch.cat([ltm.rows[layer], ltm.cached_rows[layer]])
         keys = torch.cat([ltm.keys[layer], ltm.cached_keys[layer]])
         ages = torch.cat([ltm.ages[layer], ltm.cached_ages[layer]])
-        fresh = torch.full((ltm.cached_rows[layer].shape[0],), cfg.initial_rf_when_moving_stm_to_ltm,
-                           dtype=torch.float64)
+        fresh = torch.full(
+            (ltm.cached_rows[layer].shape[0],), cfg.initial_rf_when_moving_stm_to_ltm, dtype=torch.float64
+        )
         rf = torch.cat([ltm.recall_frequencies[layer], fresh]) - cfg.decay_frequency
         alive = torch.nonzero(rf > 0.01).flatten()
         if len(alive) > cfg.ltm_rows_retrieved:
             rows, keys, ages, rf = rows[alive], keys[alive], ages[alive], rf[alive]
         else:
             rf = rf + cfg.decay_frequency
-        for name, value in zip(out, (rows, keys, ages, rf)):
+        for name, value in zip(out, (rows, keys, ages, rf), strict=True):
             out[name].append(value)
-    return LongTermMemory(**out, cached_rows=[r[:0] for r in ltm.cached_rows],
-                          cached_keys=[k[:0] for k in ltm.cached_keys],
-                          cached_ages=[a[:0] for a in ltm.cached_ages], update_step=0)
+    return LongTermMemory(
+        **out,
+        cached_rows=[r[:0] for r in ltm.cached_rows],
+        cached_keys=[k[:0] for k in ltm.cached_keys],
+        cached_ages=[a[:0] for a in ltm.cached_ages],
+        update_step=0,
+    )
 
 
 def candidate_scores(ltm: LongTermMemory, layer: int, queries: Tensor) -> Tensor:
     """Mean over the prompt rows of sigmoid(query · key), for the long-term rows and then the cache."""
+
     def score(keys: Tensor) -> Tensor:
         return torch.sigmoid(queries @ keys.to(queries.device, queries.dtype).T).mean(dim=0)
 
