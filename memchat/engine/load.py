@@ -218,7 +218,7 @@ def _stream(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iter
 
     for file in files:
         with safe_open(file, "pt") as f:
-            for name in f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 yield name, _read(f.get_slice(name), name, dtype, device)
 
 
