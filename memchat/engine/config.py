@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memchat.errors import MemchatError
+
 ADAPTER_INJECT = "default"
 ADAPTER_DECODE = "decoder_adapter"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -19,7 +21,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 DEFAULT_MAX_INJECTION_TOKENS = 512
 
 
-class ConfigError(ValueError):
+class ConfigError(MemchatError, ValueError):
     """A config.json value we cannot run; the message names the field."""
 
 

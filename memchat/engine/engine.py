@@ -17,13 +17,20 @@ from memchat.engine.generate import Sampling, eos_ids, generate, read_generation
 from memchat.engine.load import load, resolve
 from memchat.engine.model import KVCache, MemoryModel
 from memchat.engine.state import MemoryState, kept_indices, retrieve, update
+from memchat.engine.tokenizer import Tokenizer
 
 # Room for prompt and reply tokens beyond the memory prefix before the cache has to grow.
 _CACHE_HEADROOM = 2048
 
 
 class Engine:
-    def __init__(self, model: MemoryModel, state: MemoryState, folder: Path | None = None, tokenizer=None):
+    def __init__(
+        self,
+        model: MemoryModel,
+        state: MemoryState,
+        folder: Path | None = None,
+        tokenizer: Tokenizer | None = None,
+    ):
         self.model = model
         self.folder = folder
         self.tokenizer = tokenizer
@@ -44,7 +51,7 @@ class Engine:
     ) -> Engine:
         folder = resolve(str(source), cache_dir)
         model, state = load(folder, device=device, quant=quant, dtype=dtype)
-        return cls(model, state, folder, _load_tokenizer(folder))
+        return cls(model, state, folder, Tokenizer.from_folder(folder))
 
     @property
     def config(self) -> MemoryConfig:
@@ -76,8 +83,11 @@ class Engine:
             return
         kept = kept_indices(self.config, seed)
         self._state = update(self.config, state, delta, kept, origin, self.model.selector_keys)
-        if self._cache is not None:
-            self.model.update_prefix(self._cache, kept, delta.unsqueeze(1))
+        # Detached while it is being updated: an interrupt half-way leaves no stale prefix behind.
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            self.model.update_prefix(cache, kept, delta.unsqueeze(1))
+            self._cache = cache
 
     # --- reading memory -------------------------------------------------------------------------------
 
@@ -122,40 +132,16 @@ class Engine:
     ) -> Iterator[str]:
         """Reply text piece by piece."""
         tokens = self.generate_ids(prompt, sampling, generator)
-        return stream_text(tokens, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        return stream_text(tokens, self.tokenizer.decode)
 
     # --- text -----------------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of plain text, without special tokens: what an injection takes."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.tokenizer.encode(text)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template's prompt for the next assistant reply, without the tokenizer's BOS: the model
-        has its own learned BOS row."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.encode(text)
-        if ids and ids[0] == self.tokenizer.bos_token_id:
-            ids = ids[1:]
-        return ids
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return self.tokenizer.encode_chat(messages)
 
     def stop_ids(self) -> set[int]:
         stop = set(self.config.eos_token_ids) | self._eos
-        tok = self.tokenizer
-        if tok is not None:
-            if tok.eos_token_id is not None:
-                stop.add(tok.eos_token_id)
-            eot = tok.convert_tokens_to_ids("<|eot_id|>")
-            if isinstance(eot, int) and eot != tok.unk_token_id:
-                stop.add(eot)
-        return stop
-
-
-def _load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
+        return stop | self.tokenizer.stop_ids() if self.tokenizer is not None else stop

@@ -22,6 +22,7 @@ from memchat.engine.config import ADAPTER_DECODE, ADAPTER_INJECT, MemoryConfig
 from memchat.engine.model import LoRALinear, MemoryModel
 from memchat.engine.quantize import check_mode, default_mode, quantized_linear
 from memchat.engine.state import MemoryState, initial_state
+from memchat.errors import MemchatError
 
 HUB_PRESETS = {
     "memoryllm-8b-chat": "YuWangX/memoryllm-8b-chat",
@@ -38,7 +39,7 @@ _BACKBONE_LINEAR = re.compile(
 _BLOCK_BYTES = 256 << 20
 
 
-class LoadError(RuntimeError):
+class LoadError(MemchatError, RuntimeError):
     """A checkpoint that cannot be found or loaded; the message says what to do."""
 
 
@@ -210,6 +211,21 @@ def _check_keys(model: MemoryModel, cfg: MemoryConfig, files: list[Path]) -> Non
             if keys
         ]
         raise LoadError(f"checkpoint does not match its config.json: {'; '.join(parts)}")
+
+
+def load_initial_state(
+    folder: Path, cfg: MemoryConfig, dtype: torch.dtype, device: torch.device
+) -> MemoryState:
+    """The checkpoint's own memory state again (what an empty journal folds to), without the weights."""
+    from safetensors import safe_open
+
+    keys, tensors = state_keys(cfg), {}
+    for file in weight_files(folder):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                if name in keys:
+                    tensors[name] = _read(f.get_slice(name), name, dtype, device)
+    return initial_state(cfg, tensors)
 
 
 def _stream(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iterator[tuple[str, Tensor]]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from memchat.errors import MemchatError
+
 QUANT_MODES = ("nf4", "int8", "none")
 
 
-class QuantError(ValueError):
+class QuantError(MemchatError, ValueError):
     pass
 
 
