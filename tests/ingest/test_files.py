@@ -505,4 +505,4 @@ def test_import_is_light() -> None:
             "('torch', 'transformers', 'pypdf', 'pathspec', 'memchat'))))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             check=True)
-    assert result.stdout.split() == ["memchat", "memchat.ingest", "memchat.ingest.files"]
+    assert result.stdout.split() == ["memchat", "memchat.errors", "memchat.ingest", "memchat.ingest.files"]
