@@ -165,7 +165,9 @@ def _rope_scaling(raw: dict[str, Any]) -> dict[str, Any] | None:
     if not rs:
         return None
     kind = rs.get("rope_type", rs.get("type"))
-    supported = ("linear", "dynamic", "llama3", "yarn", "longrope")
+    # Dynamic NTK rescales every position by the length of the call, so the memory prefix would change
+    # with each prompt's length and could not be cached; no published memory model uses it.
+    supported = ("linear", "llama3", "yarn", "longrope")
     _check(kind in supported, "rope_scaling.type", kind, ", ".join(supported))
     return {**rs, "rope_type": kind}
 
@@ -209,7 +211,7 @@ def _parse(raw: dict[str, Any]) -> MemoryConfig:
     rope_scaling = _rope_scaling(raw)
     if not is_mplus and rope_scaling is not None:
         kind = rope_scaling["rope_type"]
-        _check(kind in ("linear", "dynamic"), "rope_scaling.type", kind, "linear, dynamic (MemoryLLM)")
+        _check(kind == "linear", "rope_scaling.type", kind, "linear (MemoryLLM)")
 
     lora = None if is_7b else _parse_lora(raw)
     add_bos = bool(raw.get("add_bos_embedding", True))

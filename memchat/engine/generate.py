@@ -55,6 +55,7 @@ def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | 
         sorted_probs, order = probs.sort(descending=True)
         # Keep the smallest set of tokens whose mass reaches top_p (always at least the first).
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        outside[..., 0] = False
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
