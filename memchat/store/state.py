@@ -1,0 +1,397 @@
+"""The memory state on disk: safetensors files, written atomically and checked on load.
+
+We write the safetensors layout ourselves (8-byte header length, JSON header, raw payload) instead of calling
+`safetensors.torch.save_file`, because that makes a full bytes copy of every tensor first; a 3.4 GB memory
+pool should cost one pass over memory, like a file copy. The files stay readable by `safetensors`.
+
+The header metadata carries `store.checksum`: sha256 over a canonical JSON of the header (names, dtypes,
+shapes, offsets, the caller's metadata) followed by the payload. It is computed while writing and patched
+into a fixed-width placeholder, so saving reads each tensor once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CorruptState, StoreError
+from .paths import FILE_MODE, ensure_dir
+
+CHECKSUM_KEY = "store.checksum"
+FORMAT_KEY = "store.format"
+FORMAT = "memchat-state-1"
+_RESERVED_PREFIX = "store."
+_PLACEHOLDER = "0" * 64
+_CHUNK = 64 << 20  # large enough to amortise syscalls, small enough to overlap hashing with I/O
+_PARALLEL_MIN = 8 << 20  # below this a hashing thread costs more than it saves
+_MAX_HEADER = 100 << 20
+_TMP_MARK = ".tmp-"
+Hasher = Any  # hashlib's object type is private
+
+_DTYPE_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+}
+for _name, _code in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
+                     ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _DTYPE_CODES[getattr(torch, _name)] = _code
+_CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors name of a dtype; stable across torch versions, unlike `str(dtype)`."""
+    try:
+        return _DTYPE_CODES[dtype]
+    except KeyError:
+        raise StoreError(f"cannot store tensors of dtype {dtype}; convert them to a standard dtype") from None
+
+
+def _cpu_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Copy only when we must: another device, a strided view, or lazy conj/neg bits."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise StoreError(f"cannot store a {t.layout} tensor; convert it to a dense tensor")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    return t.contiguous()
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    """A zero-copy byte view of a CPU contiguous tensor (works for bf16, which numpy lacks)."""
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def _chunks(view: memoryview) -> Iterator[memoryview]:
+    for start in range(0, len(view), _CHUNK):
+        yield view[start:start + _CHUNK]
+
+
+def state_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The user-visible `memory_digest`: sha256 of a canonical form, independent of device and layout.
+
+    Per tensor in sorted name order: length-prefixed JSON `[name, dtype, shape]`, then the length-prefixed
+    little-endian bytes of the values in row-major order.
+    """
+    h = hashlib.sha256(b"memchat-state-digest-1\0")
+    for name in sorted(tensors):
+        t = _cpu_contiguous(tensors[name])
+        head = json.dumps([name, dtype_code(t.dtype), list(t.shape)], separators=(",", ":")).encode()
+        h.update(len(head).to_bytes(8, "little"))
+        h.update(head)
+        data = _as_bytes(t)
+        h.update(len(data).to_bytes(8, "little"))
+        for chunk in _chunks(data):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical_header(entries: Mapping[str, Mapping[str, object]], meta: Mapping[str, str]) -> bytes:
+    return json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _check_meta(meta: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in meta.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"state metadata must map str to str (safetensors rule); got {key!r}: {value!r}")
+        if key.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"metadata key {key!r} is reserved for the store")
+        out[key] = value
+    return out
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; without this a power cut can bring back the old name."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _hash_view(hasher: Hasher, view: memoryview) -> None:
+    for chunk in _chunks(view):
+        hasher.update(chunk)
+
+
+def _write_and_hash(fd: int, hasher: Hasher, tensors: Iterator[torch.Tensor]) -> None:
+    """Write while a worker hashes (both release the GIL), then fsync while the hash finishes."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        previous: Future[None] | None = None
+        for tensor in tensors:
+            data = _as_bytes(_cpu_contiguous(tensor))
+            job = pool.submit(_hash_view, hasher, data)  # the single worker keeps the order
+            for chunk in _chunks(data):
+                _write_all(fd, chunk)
+            if previous is not None:
+                previous.result()  # at most two tensor copies alive at a time
+            previous = job
+        os.fsync(fd)
+        if previous is not None:
+            previous.result()
+
+
+def save_state(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> None:
+    """Write `tensors` and `meta` to `path` so that a crash at any moment leaves the old file or the new one.
+
+    Temp file in the same directory, write, fsync, `os.replace`, fsync the directory. Tensors may live on
+    any device and be non-contiguous; each is copied at most once (to make it CPU contiguous), one at a time.
+    """
+    path = Path(path)
+    meta = _check_meta(meta)
+    for name in tensors:
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r}")
+    # Widest element first keeps every tensor naturally aligned without padding (safetensors forbids holes).
+    specs = []
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensor {name!r} is a {type(t).__name__}, not a torch.Tensor")
+        size = t.element_size()
+        specs.append((name, dtype_code(t.dtype), list(t.shape), t.numel() * size, size))
+    specs.sort(key=lambda s: (-s[4], s[0]))
+    entries: dict[str, dict[str, object]] = {}
+    offset = 0
+    for name, code, shape, nbytes, _ in specs:
+        entries[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    full_meta = {**meta, FORMAT_KEY: FORMAT}
+    hasher = hashlib.sha256(_canonical_header(entries, full_meta))
+    header = json.dumps({"__metadata__": {CHECKSUM_KEY: _PLACEHOLDER, **full_meta}, **entries},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    marker = f'"{CHECKSUM_KEY}":"'.encode()
+    checksum_at = 8 + header.index(marker + _PLACEHOLDER.encode()) + len(marker)
+
+    ensure_dir(path.parent)
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        try:
+            _write_all(fd, memoryview(len(header).to_bytes(8, "little") + header))
+            if offset < _PARALLEL_MIN:
+                for name, *_ in specs:
+                    data = _as_bytes(_cpu_contiguous(tensors[name]))
+                    hasher.update(data)
+                    _write_all(fd, data)
+            else:
+                _write_and_hash(fd, hasher, (tensors[name] for name, *_ in specs))
+            os.pwrite(fd, hasher.hexdigest().encode(), checksum_at)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(
+                f"disk full while saving {path}; the previous file is intact, free some space and retry"
+            ) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def _corrupt(path: Path, why: str) -> CorruptState:
+    return CorruptState(
+        f"state file {path} is damaged ({why}); delete it and memchat rebuilds it from the journal"
+    )
+
+
+def _parse_header(path: Path, raw: bytes, file_size: int) -> tuple[dict, dict[str, str], str, int]:
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _corrupt(path, "unreadable header") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "unreadable header")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _corrupt(path, "bad metadata")
+    checksum = meta.pop(CHECKSUM_KEY, None)
+    if checksum is None:
+        raise _corrupt(path, "no checksum, not written by memchat")
+    end = 0
+    spans = []
+    for name, entry in header.items():
+        try:
+            dtype = _CODE_DTYPES[entry["dtype"]]
+            shape = [int(n) for n in entry["shape"]]
+            start, stop = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"bad entry for {name!r}") from None
+        numel = 1
+        for n in shape:
+            numel *= n
+        if min(shape, default=0) < 0 or start < 0 or stop - start != numel * dtype.itemsize:
+            raise _corrupt(path, f"bad size for {name!r}")
+        spans.append((start, stop))
+        end = max(end, stop)
+    spans.sort()
+    position = 0
+    for start, stop in spans:
+        if start != position:
+            raise _corrupt(path, "bad tensor offsets")
+        position = stop
+    expected = 8 + len(raw) + end
+    if file_size != expected:
+        why = "truncated" if file_size < expected else "trailing bytes"
+        raise _corrupt(path, f"{why}: {file_size} bytes, expected {expected}")
+    return header, meta, checksum, end
+
+
+def _read_header(path: Path, f: io.RawIOBase) -> tuple[dict, dict[str, str], str, int]:
+    size = os.fstat(f.fileno()).st_size
+    prefix = f.read(8) or b""
+    if len(prefix) < 8:
+        raise _corrupt(path, "truncated")
+    header_len = int.from_bytes(prefix, "little")
+    if header_len > min(size - 8, _MAX_HEADER):
+        raise _corrupt(path, "not a safetensors file")
+    raw = f.read(header_len) or b""
+    return _parse_header(path, raw, size)
+
+
+def _open(path: Path) -> io.RawIOBase:
+    try:
+        return open(path, "rb", buffering=0)  # noqa: SIM115 - the callers close it
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot read state file {path}: {exc.strerror}") from exc
+
+
+def read_meta(path: str | Path) -> dict[str, str]:
+    """The caller's metadata of a state file from its header alone, for `stats` without loading GBs.
+
+    Checks the header's shape and the file size, not the payload checksum; `load_state` does that.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        meta = _read_header(path, f)[1]
+    meta.pop(FORMAT_KEY, None)
+    return meta
+
+
+def _read_exact(f: io.RawIOBase, into: memoryview) -> bool:
+    while len(into):
+        got = f.readinto(into)
+        if not got:
+            return False
+        into = into[got:]
+    return True
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a state written by `save_state`, verifying the checksum before returning anything.
+
+    The tensors are CPU views into one buffer (no second copy); move them where they are needed.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        entries, meta, checksum, payload_len = _read_header(path, f)
+        hasher = hashlib.sha256(_canonical_header(entries, meta))
+        buffer = torch.empty(payload_len, dtype=torch.uint8)
+        view = memoryview(buffer.numpy()).cast("B") if payload_len else memoryview(b"")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashed: list[Future[None]] = []
+            for chunk in _chunks(view):
+                if not _read_exact(f, chunk):
+                    raise _corrupt(path, "truncated")
+                if payload_len < _PARALLEL_MIN:
+                    hasher.update(chunk)
+                else:  # hash this chunk while the next one is read
+                    hashed.append(pool.submit(hasher.update, chunk))
+            for future in hashed:
+                future.result()
+    if hasher.hexdigest() != checksum:
+        raise _corrupt(path, "checksum mismatch")
+    tensors = {}
+    for name, entry in entries.items():
+        dtype = _CODE_DTYPES[entry["dtype"]]
+        start, stop = entry["data_offsets"]
+        part = buffer[start:stop]
+        if stop == start:
+            tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            continue
+        if start % dtype.itemsize:
+            part = part.clone()  # unaligned (foreign writer): view() needs alignment
+        tensors[name] = part.view(dtype).reshape(entry["shape"])
+    meta.pop(FORMAT_KEY, None)
+    return tensors, meta
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete temp files left by saves that were killed; a live writer's temp file is kept."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if not entry.name.startswith(".") or _TMP_MARK not in entry.name:
+            continue
+        try:
+            pid = int(entry.name.rsplit(_TMP_MARK, 1)[1].split("-")[0])
+        except ValueError:
+            continue
+        if _pid_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
