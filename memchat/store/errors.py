@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from memchat.errors import MemchatError
 
-class StoreError(Exception):
+
+class StoreError(MemchatError):
     """Base class, so the interfaces can catch every store failure in one place."""
 
 

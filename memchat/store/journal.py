@@ -420,6 +420,24 @@ class Journal:
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return busy == 0
 
+    def recent(self, limit: int = 50, source: str | None = None, since: float | None = None) -> list[Row]:
+        """The newest `limit` rows (forgotten ones included, without text), oldest first, for `memory log`."""
+        where, args = ["1"], []
+        for clause, value in (("source_name = ?", source), ("created_at >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        with self._read() as db:
+            found = db.execute(f"SELECT {_COLUMNS} FROM injections WHERE {' AND '.join(where)} "
+                               f"ORDER BY id DESC LIMIT ?", (*args, int(limit))).fetchall()
+        return [Row(*r) for r in reversed(found)]
+
+    def chunk_hashes(self, source: str) -> set[str]:
+        """sha256 of every live chunk from `source`: what a re-ingest of that file need not inject again."""
+        with self._read() as db:
+            return {r[0] for r in db.execute("SELECT chunk_sha256 FROM injections WHERE source_name = ? "
+                                             "AND status != 'forgotten'", (source,))}
+
     def last_row_time(self) -> float | None:
         """When the newest row was appended (unix seconds), or None for an empty journal."""
         with self._read() as db:

@@ -1,0 +1,361 @@
+"""The memory service: one memory (a profile × a model) is a loaded engine plus its store.
+
+The journal is the truth; the memory state is the checkpoint's initial memory with every live journal
+row injected in id order with that row's seed. The state file, snapshots and the engine's tensors are
+caches of that fold: on open we load the newest consistent one and replay the rows after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memchat.service.chunk import chunk_text
+from memchat.store import (
+    UPTO_KEY,
+    CorruptState,
+    Journal,
+    MemoryBusy,
+    MemoryLayout,
+    MemoryLock,
+    NewRow,
+    Row,
+    SnapshotPolicy,
+    Snapshots,
+    load_state,
+    memchat_home,
+    memory_dir,
+    model_key,
+    save_state,
+    sha256_text,
+    state_digest,
+)
+
+FORGOTTEN_KEY = "journal_forgotten"  # forgotten rows with id <= upto when the state was saved
+DIGEST_KEY = "memory_digest"
+ORIGINS_KEY = "origins"  # JSON {journal row id: memory rows it still occupies}
+MODEL_KEY = "model"
+LIVE = ("pending", "applied")
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What opening a memory needs; the CLI fills it from flags, environment and config."""
+
+    home: Path | None = None
+    profile: str = "default"
+    model: str = "tiny"
+    device: str | None = None
+    quant: str | None = None
+    seed: int | None = None  # fixes the seed salt (tests, benchmarks); otherwise random per memory
+    snapshot_budget: int = 8 << 30
+    snapshot_every: int = 256
+    checkpoint_every: int = 32
+
+
+@dataclass
+class InjectResult:
+    ids: list[int] = field(default_factory=list)
+    tokens: int = 0
+    queued: bool = False  # journaled only: another process holds the memory and will apply them
+
+
+def derive_seed(salt: str, row_id: int) -> int:
+    """The drop seed of a journal row: fixed by the row id and the memory's salt."""
+    digest = hashlib.sha256(f"{salt}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def memory_layout(options: Options) -> MemoryLayout:
+    home = memchat_home(options.home)
+    return MemoryLayout(memory_dir(home, options.profile, model_key(options.model)))
+
+
+class Memory:
+    """An open memory. As the lock holder it applies rows; otherwise it only journals them."""
+
+    def __init__(
+        self,
+        options: Options,
+        layout: MemoryLayout,
+        journal: Journal,
+        lock: MemoryLock,
+        tokenizer,
+        engine=None,
+        notice: Callable[[str], None] | None = None,
+    ):
+        self.options = options
+        self.layout = layout
+        self.journal = journal
+        self.lock = lock
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.notice = notice or (lambda message: print(message, file=sys.stderr))
+        self.snapshots = Snapshots(
+            layout.snapshots, SnapshotPolicy(options.snapshot_budget, options.snapshot_every)
+        )
+        self.salt = (
+            str(options.seed)
+            if options.seed is not None
+            else journal.meta_setdefault("salt", secrets.token_hex(8))
+        )
+        self.upto = 0  # every live row with id <= upto is in the engine's state
+        self._unsaved = 0
+
+    # --- opening and closing --------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        options: Options,
+        *,
+        notice: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
+    ) -> Memory:
+        """Open (creating if needed) the memory; load the model only if we get the single-writer lock."""
+        from memchat.engine.load import resolve
+        from memchat.engine.tokenizer import Tokenizer
+
+        layout = memory_layout(options)
+        journal = Journal(layout.journal)
+        journal.meta_setdefault(MODEL_KEY, options.model)
+        lock = MemoryLock(layout.root, command=" ".join(["memchat", *sys.argv[1:2]]))
+        cache_dir = memchat_home(options.home) / "cache"
+        if not lock.try_acquire():
+            folder = resolve(options.model, cache_dir)
+            return cls(options, layout, journal, lock, Tokenizer.from_folder(folder), notice=notice)
+        try:
+            from memchat.engine.engine import Engine
+
+            engine = Engine.load(options.model, options.device, options.quant, cache_dir=cache_dir)
+            memory = cls(options, layout, journal, lock, engine.tokenizer, engine, notice)
+            memory._restore(progress)
+        except BaseException:
+            lock.release()
+            journal.close()
+            raise
+        return memory
+
+    @property
+    def holder(self) -> bool:
+        return self.engine is not None
+
+    def close(self) -> None:
+        """Save what is unsaved and let go of the memory."""
+        try:
+            if self.holder and self._unsaved:
+                self.checkpoint()
+        finally:
+            if self.holder:
+                self.lock.release()
+            self.journal.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    def chunks(self, text: str) -> list[str]:
+        return chunk_text(text, self.tokenizer.offsets, self._max_tokens())
+
+    def _max_tokens(self) -> int:
+        if self.engine is not None:
+            return self.engine.config.max_injection_tokens
+        from memchat.engine.config import DEFAULT_MAX_INJECTION_TOKENS
+
+        return DEFAULT_MAX_INJECTION_TOKENS
+
+    def inject(
+        self, text: str, source_kind: str, source_name: str = "", progress: Progress | None = None
+    ) -> InjectResult:
+        """Journal `text` as injections, then (as the holder) apply them."""
+        return self.inject_chunks(self.chunks(text), source_kind, source_name, progress)
+
+    def inject_chunks(
+        self, chunks: list[str], source_kind: str, source_name: str = "", progress: Progress | None = None
+    ) -> InjectResult:
+        rows = [
+            NewRow(
+                text=c,
+                source_kind=source_kind,
+                source_name=source_name,
+                token_count=len(self.tokenizer.encode(c)),
+                chunk_sha256=sha256_text(c),
+            )
+            for c in chunks
+        ]
+        if not rows:
+            return InjectResult()
+        ids = self.journal.append(rows, seed_fn=lambda row_id: derive_seed(self.salt, row_id))
+        result = InjectResult(ids, sum(r.token_count for r in rows), queued=not self.holder)
+        if self.holder:
+            self.apply_pending(progress)
+        return result
+
+    def apply_pending(self, progress: Progress | None = None) -> int:
+        """Apply rows journaled since the last apply, ours or other processes'. Returns how many."""
+        return self._replay(self.journal.rows(self.upto, "pending"), progress)
+
+    def _replay(self, rows: Iterable[Row], progress: Progress | None = None, total: int | None = None) -> int:
+        rows = list(rows)
+        done = 0
+        for row in rows:
+            self.engine.inject(self.tokenizer.encode(row.text), seed=row.seed, origin=row.id)
+            self.upto = row.id
+            self._unsaved += 1
+            done += 1
+            if row.status == "pending":
+                self.journal.mark_applied([row.id])
+            if progress:
+                progress(done, total or len(rows))
+            if self._unsaved >= self.options.checkpoint_every:
+                self.checkpoint()
+        return done
+
+    def checkpoint(self) -> None:
+        """Save the state atomically with the journal row it includes up to; snapshot when due."""
+        tensors = self.engine.state.to_tensors()
+        meta = {
+            UPTO_KEY: str(self.upto),
+            FORGOTTEN_KEY: str(self.journal.forgotten_count(self.upto)),
+            MODEL_KEY: self.options.model,
+            DIGEST_KEY: memory_digest(tensors),
+            ORIGINS_KEY: json.dumps(origin_counts(tensors["origins"])),
+        }
+        save_state(self.layout.state, tensors, meta)
+        self._unsaved = 0
+        if self.snapshots.due(self.upto, self.layout.state.stat().st_size):
+            self.snapshots.link(self.layout.state, self.upto)
+
+    # --- restoring ------------------------------------------------------------------------------------
+
+    def _restore(self, progress: Progress | None) -> None:
+        state, self.upto = self._saved_state()
+        self.engine.state = state
+        rows = list(self.journal.rows(self.upto, LIVE))
+        if rows:
+            self._replay(rows, progress)
+
+    def _saved_state(self):
+        """The newest saved state consistent with the journal, and the row id it includes up to."""
+        try:
+            tensors, meta = load_state(self.layout.state)
+            if self._consistent(meta):
+                return self._to_state(tensors), int(meta[UPTO_KEY])
+            self.notice("memory: the saved state predates a forget; rebuilding it from the journal")
+        except FileNotFoundError:
+            pass
+        except CorruptState as error:
+            self.notice(f"memory: {error}; falling back to the last good snapshot and the journal")
+        return self._base_before(self.journal.last_id() + 1)
+
+    def _consistent(self, meta: dict[str, str]) -> bool:
+        upto = int(meta.get(UPTO_KEY, -1))
+        return upto >= 0 and meta.get(FORGOTTEN_KEY) == str(self.journal.forgotten_count(upto))
+
+    def _base_before(self, row_id: int):
+        """The newest consistent snapshot holding only rows < row_id, else the checkpoint's memory."""
+        found = self.snapshots.load_before(row_id, on_corrupt=lambda path, e: self.notice(f"memory: {e}"))
+        if found is not None and self._consistent(found[1]):
+            return self._to_state(found[0]), found[2]
+        return self._initial_state(), 0
+
+    def _initial_state(self):
+        from memchat.engine.load import load_initial_state
+
+        model = self.engine.model
+        return load_initial_state(self.engine.folder, model.config, model.dtype, model.device)
+
+    def _to_state(self, tensors):
+        from memchat.engine.state import MemoryState
+
+        model = self.engine.model
+        state = MemoryState.from_tensors(tensors)
+        state.memory = state.memory.to(model.device, model.dtype)
+        return state
+
+    # --- forgetting -----------------------------------------------------------------------------------
+
+    def select(self, since: float | None = None, source: str | None = None) -> list[int]:
+        return self.journal.select_ids(since=since, source=source)
+
+    def replay_cost(self, ids: list[int]) -> int:
+        """How many rows a forget of `ids` must replay (from the snapshot it restores)."""
+        if not ids:
+            return 0
+        base = max((s.upto for s in self.snapshots.list() if s.upto < ids[0]), default=0)
+        return sum(1 for r in self.journal.rows(base, LIVE) if r.id not in set(ids))
+
+    def forget(self, ids: list[int], progress: Progress | None = None) -> int:
+        """Forget journal rows exactly: the memory becomes what it would be had they never been injected.
+
+        Order matters for crash safety: snapshots that saw the rows go first, then the journal marks
+        them (the truth changes here), then the state is rebuilt from the newest snapshot before them.
+        A crash in between leaves a saved state the journal shows to be stale, so the next open rebuilds.
+        """
+        if not self.holder:
+            owner = self.lock.owner()
+            raise MemoryBusy(self.layout.root, owner.pid if owner else None, owner.command if owner else None)
+        if not ids:
+            return 0
+        self.snapshots.invalidate_from(ids[0])
+        forgotten = self.journal.forget(ids)
+        state, self.upto = self._base_before(ids[0])
+        self.engine.state = state
+        rows = list(self.journal.rows(self.upto, LIVE))
+        self._replay(rows, progress)
+        self.checkpoint()
+        return forgotten
+
+    # --- inspecting -----------------------------------------------------------------------------------
+
+    def digest(self) -> str:
+        return memory_digest(self.engine.state.to_tensors())
+
+    def verify(self, progress: Progress | None = None) -> tuple[str, str]:
+        """(live digest, digest rebuilt from the checkpoint and the whole journal)."""
+        live = self.engine.state
+        upto, unsaved = self.upto, self._unsaved
+        try:
+            self.engine.state = self._initial_state()
+            rows = [r for r in self.journal.rows(0, LIVE) if r.id <= upto]
+            for done, row in enumerate(rows, 1):
+                self.engine.inject(self.tokenizer.encode(row.text), seed=row.seed, origin=row.id)
+                if progress:
+                    progress(done, len(rows))
+            rebuilt = self.digest()
+        finally:
+            self.engine.state = live
+            self.upto, self._unsaved = upto, unsaved
+        return memory_digest(live.to_tensors()), rebuilt
+
+
+def memory_digest(tensors: dict) -> str:
+    """sha256 of the memory state in a canonical byte form; which injection wrote which row is
+    bookkeeping, not memory, so it is left out."""
+    return state_digest({k: v for k, v in tensors.items() if k != "origins"})
+
+
+def origin_counts(origins) -> dict[int, int]:
+    """Memory rows per journal row id (-1: rows from the checkpoint)."""
+    return dict(Counter(int(i) for i in origins.flatten().tolist()))
+
+
+def saved_meta(layout: MemoryLayout) -> dict[str, str] | None:
+    """The metadata of the saved state, or None when there is none yet."""
+    if not layout.state.exists():
+        return None
+    from memchat.store.state import read_meta
+
+    return read_meta(layout.state)
