@@ -7,6 +7,7 @@ layer depends only on that layer's memory rows, so answering keeps it in the KV 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -188,16 +189,19 @@ def rope_frequencies(cfg: MemoryConfig) -> tuple[Tensor, float]:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     kind = cfg.rope_scaling["rope_type"]
-    llama = LlamaConfig(
-        hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_heads,
-        head_dim=cfg.head_dim,
-        num_key_value_heads=cfg.num_kv_heads,
-        rope_theta=cfg.rope_theta,
-        rope_scaling=dict(cfg.rope_scaling),
-        max_position_embeddings=cfg.max_position_embeddings,
-    )
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](llama, "cpu")
+    with warnings.catch_warnings():
+        # transformers 5 prefers `rope_parameters`; `rope_scaling` is what both 4.x and 5.x accept.
+        warnings.simplefilter("ignore", FutureWarning)
+        llama = LlamaConfig(
+            hidden_size=cfg.hidden_size,
+            num_attention_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            num_key_value_heads=cfg.num_kv_heads,
+            rope_theta=cfg.rope_theta,
+            rope_scaling=dict(cfg.rope_scaling),
+            max_position_embeddings=cfg.max_position_embeddings,
+        )
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](llama, "cpu")
     return inv_freq.float(), float(scaling)
 
 

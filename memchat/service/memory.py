@@ -12,7 +12,7 @@ import json
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +237,16 @@ class Memory:
         self._unsaved = 0
         if self.snapshots.due(self.upto, self.layout.state.stat().st_size):
             self.snapshots.link(self.layout.state, self.upto)
+
+    # --- chatting -----------------------------------------------------------------------------------
+
+    def reply(self, messages: list[dict[str, str]], sampling=None, generator=None) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` (the recent-turn window ending with the user's turn),
+        answered from memory. Nothing is injected: call `remember_turn` once the reply is complete."""
+        return self.engine.stream(self.tokenizer.encode_prompt(messages), sampling, generator)
+
+    def remember_turn(self, user: str, assistant: str) -> InjectResult:
+        return self.inject(self.tokenizer.format_turn(user, assistant), "chat", "chat")
 
     # --- restoring ------------------------------------------------------------------------------------
 
