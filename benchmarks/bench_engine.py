@@ -98,17 +98,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median wall time of fn() after one warm-up call."""
-    fn()
-    times = []
+def timed(cases: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time of each case. Cases run interleaved, round after round, so a change in machine
+    load over the run hits all of them alike and the ratios between them stay fair."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in cases.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
@@ -150,6 +153,17 @@ def run(config: str, device: torch.device, quant: str, repeats: int, question_le
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    measured = timed(
+        {
+            "ttft_nomem_s": first_token_no_memory,
+            "ttft_full_cached_s": first_token_cached,
+            "ttft_full_recompute_s": first_token_recompute,
+            "decode": decode,
+            "inject": inject,
+        },
+        device,
+        repeats,
+    )
     figures = {
         "config": config,
         "device": str(device),
@@ -157,14 +171,11 @@ def run(config: str, device: torch.device, quant: str, repeats: int, question_le
         "memory_rows": cfg.memory_rows,
         "layers": cfg.num_layers,
         "question_tokens": question_len,
-        "ttft_nomem_s": timed(first_token_no_memory, device, repeats),
-        "ttft_full_cached_s": timed(first_token_cached, device, repeats),
-        "ttft_full_recompute_s": timed(first_token_recompute, device, repeats),
+        **{k: v for k, v in measured.items() if k.startswith("ttft")},
+        # Generation time minus its own prefill is the decode time of the new tokens.
+        "decode_tok_s": (decode_tokens - 1) / max(1e-9, measured["decode"] - measured["ttft_full_cached_s"]),
+        "inject_tok_s": context.shape[1] / measured["inject"],
     }
-    decode_s = timed(decode, device, max(1, repeats // 2))
-    # Generation time minus its own prefill is the decode time of the new tokens.
-    figures["decode_tok_s"] = (decode_tokens - 1) / max(1e-9, decode_s - figures["ttft_full_cached_s"])
-    figures["inject_tok_s"] = context.shape[1] / timed(inject, device, repeats)
     if device.type == "cuda":
         figures["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     figures["cached_over_nomem"] = figures["ttft_full_cached_s"] / figures["ttft_nomem_s"]

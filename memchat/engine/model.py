@@ -217,22 +217,22 @@ class KVCache:
     """Rotated keys and values of every layer: [memory prefix | prompt and generated tokens].
 
     The prefix region survives across questions; `reset()` forgets only what came after it.
-    M+ leaves room for the retrieved long-term rows right after the BOS row.
+    M+ leaves room for the retrieved long-term rows right after the BOS row. Each layer has its own
+    buffers, so training can backpropagate through one layer's writes while the next layer writes.
     """
 
-    def __init__(
-        self, cfg: MemoryConfig, capacity: int, dtype: torch.dtype, device: torch.device | str, batch: int = 1
-    ):
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, capacity, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+    def __init__(self, cfg: MemoryConfig, capacity: int, dtype: torch.dtype, device: torch.device | str,
+                 batch: int = 1):
+        shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
         self.prefix_len = 0
         self.length = 0
-        self.raw_k: Tensor | None = None  # un-rotated keys of the memory rows, for incremental updates
+        self.raw_k: list[Tensor] = []  # un-rotated keys of the memory rows, for incremental updates
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[-2]
+        return self.k[0].shape[-2]
 
     def reserve(self, rows: int) -> None:
         """Make room for `rows` more tokens, growing by doubling so long chats stay amortised."""
@@ -240,9 +240,11 @@ class KVCache:
         if need <= self.capacity:
             return
         extra = max(need, 2 * self.capacity) - self.capacity
-        pad = (*self.k.shape[:-2], extra, self.k.shape[-1])
-        self.k = torch.cat([self.k, self.k.new_zeros(pad)], dim=-2)
-        self.v = torch.cat([self.v, self.v.new_zeros(pad)], dim=-2)
+
+        def grow(t: Tensor) -> Tensor:
+            return torch.cat([t, t.new_zeros((*t.shape[:-2], extra, t.shape[-1]))], dim=-2)
+
+        self.k, self.v = [grow(t) for t in self.k], [grow(t) for t in self.v]
 
     def reset(self) -> None:
         self.length = self.prefix_len
@@ -252,8 +254,8 @@ class KVCache:
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> None:
         end = start + k.shape[-2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
 
 
 class MemoryModel(nn.Module):
@@ -347,7 +349,7 @@ class MemoryModel(nn.Module):
             k, v = block.keys_values(memory[layer].to(self.dtype), adapter)
             raw.append(k)
             cache.write(layer, start, apply_rope(k, cos, sin), v)
-        cache.raw_k = torch.stack(raw)
+        cache.raw_k = raw
 
     def update_prefix(self, cache: KVCache, kept: Tensor, delta: Tensor) -> None:
         """Follow a memory update [memory[kept] ; delta] without recomputing the kept rows.

@@ -100,6 +100,6 @@ def test_kv_cache_growth_keeps_its_rows(tiny_checkpoint):
     cache.length = 10
     cache.reserve(5)
     assert cache.capacity >= 15
-    assert torch.equal(cache.k[0, :, :, :10], k) and torch.equal(cache.v[0, :, :, :10], -k)
+    assert torch.equal(cache.k[0][:, :, :10], k) and torch.equal(cache.v[0][:, :, :10], -k)
     cache.reserve(0)
     assert cache.capacity == 20  # grows by doubling, and only when needed
