@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Only torch-free store modules at import time: `memchat memory stats` imports this module for `Options`
+# and must answer without paying for torch. The state and snapshot modules load where they are used.
 from memchat.service.chunk import chunk_text
 from memchat.store import (
     UPTO_KEY,
@@ -26,15 +28,10 @@ from memchat.store import (
     MemoryLock,
     NewRow,
     Row,
-    SnapshotPolicy,
-    Snapshots,
-    load_state,
     memchat_home,
     memory_dir,
     model_key,
-    save_state,
     sha256_text,
-    state_digest,
 )
 
 FORGOTTEN_KEY = "journal_forgotten"  # forgotten rows with id <= upto when the state was saved
@@ -99,6 +96,8 @@ class Memory:
         self.tokenizer = tokenizer
         self.engine = engine
         self.notice = notice or (lambda message: print(message, file=sys.stderr))
+        from memchat.store.snapshots import SnapshotPolicy, Snapshots
+
         self.snapshots = Snapshots(
             layout.snapshots, SnapshotPolicy(options.snapshot_budget, options.snapshot_every)
         )
@@ -135,7 +134,9 @@ class Memory:
         try:
             from memchat.engine.engine import Engine
 
-            engine = Engine.load(options.model, options.device, options.quant, cache_dir=cache_dir)
+            folder = resolve(options.model, cache_dir)
+            check_gpu_fits(options.model, folder, options.device, options.quant)
+            engine = Engine.load(folder, options.device, options.quant, cache_dir=cache_dir)
             memory = cls(options, layout, journal, lock, engine.tokenizer, engine, notice)
             memory._restore(progress)
         except BaseException:
@@ -147,6 +148,12 @@ class Memory:
     @property
     def holder(self) -> bool:
         return self.engine is not None
+
+    def require_holder(self) -> None:
+        """Raise MemoryBusy, naming the process that holds the memory, unless we do."""
+        if not self.holder:
+            owner = self.lock.owner()
+            raise MemoryBusy(self.layout.root, owner.pid if owner else None, owner.command if owner else None)
 
     def close(self) -> None:
         """Save what is unsaved and let go of the memory."""
@@ -233,6 +240,8 @@ class Memory:
             DIGEST_KEY: memory_digest(tensors),
             ORIGINS_KEY: json.dumps(origin_counts(tensors["origins"])),
         }
+        from memchat.store.state import save_state
+
         save_state(self.layout.state, tensors, meta)
         self._unsaved = 0
         if self.snapshots.due(self.upto, self.layout.state.stat().st_size):
@@ -248,6 +257,28 @@ class Memory:
     def remember_turn(self, user: str, assistant: str) -> InjectResult:
         return self.inject(self.tokenizer.format_turn(user, assistant), "chat", "chat")
 
+    def sampling(self, **overrides: float | int | None):
+        """The checkpoint's generation defaults with the caller's settings; None keeps a default."""
+        return self.engine.sampling.with_overrides(**overrides)
+
+    def describe(self) -> dict[str, str | int]:
+        """What runs: model, folder, device, dtype, quantization and the size of the memory pool."""
+        from memchat.engine.quantize import default_mode
+
+        model, cfg, pool = self.engine.model, self.engine.config, self.engine.state.memory
+        return {
+            "model": self.options.model,
+            "folder": str(self.engine.folder),
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "quant": self.options.quant or default_mode(model.device),
+            "memory_rows": cfg.memory_rows,
+            "layers": cfg.num_layers,
+            "hidden": cfg.hidden_size,
+            "memory_bytes": pool.numel() * pool.element_size(),
+            "max_injection_tokens": cfg.max_injection_tokens,
+        }
+
     # --- restoring ------------------------------------------------------------------------------------
 
     def _restore(self, progress: Progress | None) -> None:
@@ -259,6 +290,8 @@ class Memory:
 
     def _saved_state(self):
         """The newest saved state consistent with the journal, and the row id it includes up to."""
+        from memchat.store.state import load_state
+
         try:
             tensors, meta = load_state(self.layout.state)
             if self._consistent(meta):
@@ -314,9 +347,7 @@ class Memory:
         them (the truth changes here), then the state is rebuilt from the newest snapshot before them.
         A crash in between leaves a saved state the journal shows to be stale, so the next open rebuilds.
         """
-        if not self.holder:
-            owner = self.lock.owner()
-            raise MemoryBusy(self.layout.root, owner.pid if owner else None, owner.command if owner else None)
+        self.require_holder()
         if not ids:
             return 0
         self.snapshots.invalidate_from(ids[0])
@@ -351,9 +382,51 @@ class Memory:
         return memory_digest(live.to_tensors()), rebuilt
 
 
+# CUDA context, activations and the KV cache's room for prompt and reply, beyond the estimate below.
+_GPU_OVERHEAD = 1 << 30
+# Bytes per backbone-linear weight: nf4 packs two per byte plus an fp32 absmax per block of 64.
+_LINEAR_BYTES = {"nf4": 0.5 + 4 / 64, "int8": 1.0, "none": 2.0}
+
+
+def gpu_bytes_needed(cfg, quant: str) -> int:
+    """GPU memory a model needs, estimated from its config: the backbone linears at `quant`, embeddings,
+    the memory pool and its KV prefix in bf16 (LoRA and norms are small enough to leave out)."""
+    h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    attention = 2 * h * cfg.num_heads * cfg.head_dim + 2 * h * kv
+    linears = cfg.num_layers * (attention + 3 * h * cfg.intermediate_size)
+    embeddings = 2 * cfg.vocab_size * h  # input embeddings and the output head, never quantized
+    pool = cfg.memory_rows * cfg.num_layers * h
+    prefix = cfg.prefix_rows * cfg.num_layers * 2 * kv
+    return int(linears * _LINEAR_BYTES[quant]) + 2 * (embeddings + pool + prefix) + _GPU_OVERHEAD
+
+
+def check_gpu_fits(model: str, folder: Path, device: str | None, quant: str | None) -> None:
+    """Refuse before loading, saying how much is needed, when the GPU has too little free memory."""
+    import torch
+
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        return
+    from memchat.engine.config import MemoryConfig
+    from memchat.engine.load import LoadError
+    from memchat.engine.quantize import check_mode
+
+    where = torch.device(device or "cuda")
+    mode = check_mode(quant or "nf4")
+    need = gpu_bytes_needed(MemoryConfig.from_file(folder), mode)
+    free = torch.cuda.mem_get_info(where)[0]
+    if need > free:
+        smaller = "a smaller model" if mode == "nf4" else "--quant nf4, a smaller model"
+        raise LoadError(
+            f"{model} needs about {need / 2**30:.1f} GiB of GPU memory with {mode} weights but {where} has "
+            f"{free / 2**30:.1f} GiB free; try {smaller} (--model tiny to try memchat out) or --device cpu"
+        )
+
+
 def memory_digest(tensors: dict) -> str:
     """sha256 of the memory state in a canonical byte form; which injection wrote which row is
     bookkeeping, not memory, so it is left out."""
+    from memchat.store.state import state_digest
+
     return state_digest({k: v for k, v in tensors.items() if k != "origins"})
 
 
@@ -366,6 +439,6 @@ def saved_meta(layout: MemoryLayout) -> dict[str, str] | None:
     """The metadata of the saved state, or None when there is none yet."""
     if not layout.state.exists():
         return None
-    from memchat.store.state import read_meta
+    from memchat.store.header import read_meta
 
     return read_meta(layout.state)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .errors import CorruptJournal, CorruptState, MemoryBusy, StoreError
+    from .header import UPTO_KEY, read_meta
     from .journal import (
         LIVE,
         Counts,
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from .lock import LockOwner, MemoryLock
     from .paths import MemoryLayout, ensure_dir, memchat_home, memory_dir, model_key, validate_profile
     from .schema import MIGRATIONS, migrate
-    from .snapshots import UPTO_KEY, SnapshotInfo, SnapshotPolicy, Snapshots
-    from .state import dtype_code, load_state, read_meta, remove_stale_temps, save_state, state_digest
+    from .snapshots import SnapshotInfo, SnapshotPolicy, Snapshots
+    from .state import dtype_code, load_state, remove_stale_temps, save_state, state_digest
 
 __all__ = [
     "LIVE", "MIGRATIONS", "UPTO_KEY", "CorruptJournal", "CorruptState", "Counts", "FileRecord", "Hit",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 # Searched in this order; the torch-free modules come first.
-_SUBMODULES = ("errors", "paths", "schema", "journal", "lock", "snapshots", "state")
+_SUBMODULES = ("errors", "paths", "header", "schema", "journal", "lock", "snapshots", "state")
 
 
 def __getattr__(name: str) -> Any:

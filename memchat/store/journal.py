@@ -165,6 +165,20 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
+_FILTERS = {"since": "created_at >= ?", "until": "created_at < ?", "source": "source_name = ?",
+            "source_kind": "source_kind = ?"}
+
+
+def _filters(first: str, **values: object) -> tuple[str, list[object]]:
+    """`first AND …` for each filter that is set (see _FILTERS), with the query arguments."""
+    where, args = [first], []
+    for name, value in values.items():
+        if value is not None:
+            where.append(_FILTERS[name])
+            args.append(value)
+    return " AND ".join(where), args
+
+
 def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
     for start in range(0, len(ids), _SQL_VARS):
         yield ids[start:start + _SQL_VARS]
@@ -377,16 +391,10 @@ class Journal:
     def select_ids(self, *, since: float | None = None, until: float | None = None,
                    source: str | None = None, source_kind: str | None = None) -> list[int]:
         """Ids of live rows matching all given filters, ascending (what `forget --since/--source` targets)."""
-        where = ["status != 'forgotten'"]
-        args: list[object] = []
-        for clause, value in (("created_at >= ?", since), ("created_at < ?", until),
-                              ("source_name = ?", source), ("source_kind = ?", source_kind)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = _filters("status != 'forgotten'", since=since, until=until, source=source,
+                               source_kind=source_kind)
         with self._read() as db:
-            return [r[0] for r in db.execute(
-                f"SELECT id FROM injections WHERE {' AND '.join(where)} ORDER BY id", args)]
+            return [r[0] for r in db.execute(f"SELECT id FROM injections WHERE {where} ORDER BY id", args)]
 
     def forget(self, ids: Iterable[int]) -> int:
         """Mark rows forgotten and destroy their text everywhere SQLite keeps it. Returns rows changed.
@@ -422,14 +430,10 @@ class Journal:
 
     def recent(self, limit: int = 50, source: str | None = None, since: float | None = None) -> list[Row]:
         """The newest `limit` rows (forgotten ones included, without text), oldest first, for `memory log`."""
-        where, args = ["1"], []
-        for clause, value in (("source_name = ?", source), ("created_at >= ?", since)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = _filters("1", since=since, source=source)
         with self._read() as db:
-            found = db.execute(f"SELECT {_COLUMNS} FROM injections WHERE {' AND '.join(where)} "
-                               f"ORDER BY id DESC LIMIT ?", (*args, int(limit))).fetchall()
+            found = db.execute(f"SELECT {_COLUMNS} FROM injections WHERE {where} ORDER BY id DESC LIMIT ?",
+                               (*args, int(limit))).fetchall()
         return [Row(*r) for r in reversed(found)]
 
     def chunk_hashes(self, source: str) -> set[str]:

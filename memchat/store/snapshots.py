@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from .errors import CorruptState
+from .header import UPTO_KEY
 from .paths import ensure_dir
 from .state import load_state, remove_stale_temps, save_state
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"(\d{12})\.safetensors")
-UPTO_KEY = "journal_upto"
 
 
 @dataclass(frozen=True)

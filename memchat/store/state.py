@@ -25,17 +25,15 @@ from typing import Any
 
 import torch
 
-from .errors import CorruptState, StoreError
+from .errors import StoreError
+from .header import CHECKSUM_KEY, FORMAT_KEY, corrupt, open_state, read_header
 from .paths import FILE_MODE, ensure_dir
 
-CHECKSUM_KEY = "store.checksum"
-FORMAT_KEY = "store.format"
 FORMAT = "memchat-state-1"
 _RESERVED_PREFIX = "store."
 _PLACEHOLDER = "0" * 64
 _CHUNK = 64 << 20  # large enough to amortise syscalls, small enough to overlap hashing with I/O
 _PARALLEL_MIN = 8 << 20  # below this a hashing thread costs more than it saves
-_MAX_HEADER = 100 << 20
 _TMP_MARK = ".tmp-"
 Hasher = Any  # hashlib's object type is private
 
@@ -235,87 +233,6 @@ def save_state(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapp
     _fsync_dir(path.parent)
 
 
-def _corrupt(path: Path, why: str) -> CorruptState:
-    return CorruptState(
-        f"state file {path} is damaged ({why}); delete it and memchat rebuilds it from the journal"
-    )
-
-
-def _parse_header(path: Path, raw: bytes, file_size: int) -> tuple[dict, dict[str, str], str, int]:
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _corrupt(path, "unreadable header") from None
-    if not isinstance(header, dict):
-        raise _corrupt(path, "unreadable header")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _corrupt(path, "bad metadata")
-    checksum = meta.pop(CHECKSUM_KEY, None)
-    if checksum is None:
-        raise _corrupt(path, "no checksum, not written by memchat")
-    end = 0
-    spans = []
-    for name, entry in header.items():
-        try:
-            dtype = _CODE_DTYPES[entry["dtype"]]
-            shape = [int(n) for n in entry["shape"]]
-            start, stop = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise _corrupt(path, f"bad entry for {name!r}") from None
-        numel = 1
-        for n in shape:
-            numel *= n
-        if min(shape, default=0) < 0 or start < 0 or stop - start != numel * dtype.itemsize:
-            raise _corrupt(path, f"bad size for {name!r}")
-        spans.append((start, stop))
-        end = max(end, stop)
-    spans.sort()
-    position = 0
-    for start, stop in spans:
-        if start != position:
-            raise _corrupt(path, "bad tensor offsets")
-        position = stop
-    expected = 8 + len(raw) + end
-    if file_size != expected:
-        why = "truncated" if file_size < expected else "trailing bytes"
-        raise _corrupt(path, f"{why}: {file_size} bytes, expected {expected}")
-    return header, meta, checksum, end
-
-
-def _read_header(path: Path, f: io.RawIOBase) -> tuple[dict, dict[str, str], str, int]:
-    size = os.fstat(f.fileno()).st_size
-    prefix = f.read(8) or b""
-    if len(prefix) < 8:
-        raise _corrupt(path, "truncated")
-    header_len = int.from_bytes(prefix, "little")
-    if header_len > min(size - 8, _MAX_HEADER):
-        raise _corrupt(path, "not a safetensors file")
-    raw = f.read(header_len) or b""
-    return _parse_header(path, raw, size)
-
-
-def _open(path: Path) -> io.RawIOBase:
-    try:
-        return open(path, "rb", buffering=0)  # noqa: SIM115 - the callers close it
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StoreError(f"cannot read state file {path}: {exc.strerror}") from exc
-
-
-def read_meta(path: str | Path) -> dict[str, str]:
-    """The caller's metadata of a state file from its header alone, for `stats` without loading GBs.
-
-    Checks the header's shape and the file size, not the payload checksum; `load_state` does that.
-    """
-    path = Path(path)
-    with _open(path) as f:
-        meta = _read_header(path, f)[1]
-    meta.pop(FORMAT_KEY, None)
-    return meta
-
-
 def _read_exact(f: io.RawIOBase, into: memoryview) -> bool:
     while len(into):
         got = f.readinto(into)
@@ -331,8 +248,8 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     The tensors are CPU views into one buffer (no second copy); move them where they are needed.
     """
     path = Path(path)
-    with _open(path) as f:
-        entries, meta, checksum, payload_len = _read_header(path, f)
+    with open_state(path) as f:
+        entries, meta, checksum, payload_len = read_header(path, f)
         hasher = hashlib.sha256(_canonical_header(entries, meta))
         buffer = torch.empty(payload_len, dtype=torch.uint8)
         view = memoryview(buffer.numpy()).cast("B") if payload_len else memoryview(b"")
@@ -340,7 +257,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             hashed: list[Future[None]] = []
             for chunk in _chunks(view):
                 if not _read_exact(f, chunk):
-                    raise _corrupt(path, "truncated")
+                    raise corrupt(path, "truncated")
                 if payload_len < _PARALLEL_MIN:
                     hasher.update(chunk)
                 else:  # hash this chunk while the next one is read
@@ -348,7 +265,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             for future in hashed:
                 future.result()
     if hasher.hexdigest() != checksum:
-        raise _corrupt(path, "checksum mismatch")
+        raise corrupt(path, "checksum mismatch")
     tensors = {}
     for name, entry in entries.items():
         dtype = _CODE_DTYPES[entry["dtype"]]
