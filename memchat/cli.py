@@ -174,21 +174,27 @@ def forget(
         if not ids:
             out.print("nothing to forget")
             return
-        replay = memory.replay_cost(ids)
+        cost = memory.replay_cost(ids)
         what = (
             f"{len(ids)} injections"
             + (f" since {time.strftime('%Y-%m-%d %H:%M', time.localtime(start))}" if start else "")
             + (f" from {source}" if source else "")
         )
-        out.print(f"will forget {what}; then replay {replay} injections to rebuild memory")
+        eta = f", about {_duration(cost.seconds)}" if cost.seconds else ""
+        out.print(f"will forget {what}; then replay {cost.rows} injections ({cost.tokens} tokens{eta}) "
+                  f"to rebuild memory")
         if dry_run:
             return
         if not yes and not typer.confirm("forget them?", default=False):
             raise typer.Exit(1)
         with _progress() as bar:
-            task = bar.add_task("rebuilding memory", total=replay)
+            task = bar.add_task("rebuilding memory", total=cost.rows)
             memory.forget(ids, progress=lambda done, total: bar.update(task, completed=done, total=total))
     out.print(f"forgot {len(ids)} injections")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 # --- memory … -------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import json
 import secrets
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ FORGOTTEN_KEY = "journal_forgotten"  # forgotten rows with id <= upto when the s
 DIGEST_KEY = "memory_digest"
 ORIGINS_KEY = "origins"  # JSON {journal row id: memory rows it still occupies}
 MODEL_KEY = "model"
+RATE_KEY = "inject_tokens_per_s"  # journal meta: measured replay speed, for forget's time estimate
 LIVE = ("pending", "applied")
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -56,6 +58,13 @@ class Options:
     snapshot_budget: int = 8 << 30
     snapshot_every: int = 256
     checkpoint_every: int = 32
+
+
+@dataclass(frozen=True)
+class ReplayCost:
+    rows: int
+    tokens: int
+    seconds: float | None  # from the injection speed measured on this machine, once known
 
 
 @dataclass
@@ -108,6 +117,7 @@ class Memory:
         )
         self.upto = 0  # every live row with id <= upto is in the engine's state
         self._unsaved = 0
+        self._timed_tokens, self._timed_seconds = 0, 0.0
 
     # --- opening and closing --------------------------------------------------------------------------
 
@@ -218,7 +228,11 @@ class Memory:
         rows = list(rows)
         done = 0
         for row in rows:
-            self.engine.inject(self.tokenizer.encode(row.text), seed=row.seed, origin=row.id)
+            start = time.perf_counter()
+            ids = self.tokenizer.encode(row.text)
+            self.engine.inject(ids, seed=row.seed, origin=row.id)
+            self._timed_tokens += len(ids)
+            self._timed_seconds += time.perf_counter() - start
             self.upto = row.id
             self._unsaved += 1
             done += 1
@@ -244,6 +258,8 @@ class Memory:
 
         save_state(self.layout.state, tensors, meta)
         self._unsaved = 0
+        if self._timed_seconds > 1.0:
+            self.journal.set_meta(RATE_KEY, f"{self._timed_tokens / self._timed_seconds:.1f}")
         if self.snapshots.due(self.upto, self.layout.state.stat().st_size):
             self.snapshots.link(self.layout.state, self.upto)
 
@@ -333,12 +349,16 @@ class Memory:
     def select(self, since: float | None = None, source: str | None = None) -> list[int]:
         return self.journal.select_ids(since=since, source=source)
 
-    def replay_cost(self, ids: list[int]) -> int:
-        """How many rows a forget of `ids` must replay (from the snapshot it restores)."""
+    def replay_cost(self, ids: list[int]) -> ReplayCost:
+        """What a forget of `ids` must replay (from the snapshot it restores), and about how long."""
         if not ids:
-            return 0
+            return ReplayCost(0, 0, 0.0)
         base = max((s.upto for s in self.snapshots.list() if s.upto < ids[0]), default=0)
-        return sum(1 for r in self.journal.rows(base, LIVE) if r.id not in set(ids))
+        drop = set(ids)
+        rows = [r for r in self.journal.rows(base, LIVE) if r.id not in drop]
+        tokens = sum(r.token_count for r in rows)
+        rate = float(self.journal.get_meta(RATE_KEY) or 0) or None
+        return ReplayCost(len(rows), tokens, tokens / rate if rate else None)
 
     def forget(self, ids: list[int], progress: Progress | None = None) -> int:
         """Forget journal rows exactly: the memory becomes what it would be had they never been injected.
