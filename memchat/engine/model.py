@@ -208,7 +208,10 @@ def rope_frequencies(cfg: MemoryConfig) -> tuple[Tensor, float]:
 class Backbone(nn.Module):
     def __init__(self, cfg: MemoryConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Weights always arrive from a checkpoint; passing one skips the random init, which on the meta
+        # device would import torch._dynamo (a second of start-up).
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -293,26 +296,38 @@ class MemoryModel(nn.Module):
             return []
         return [self.bos_embedding[layer].to(self.dtype).expand(batch, 1, -1)]
 
-    def inject(self, ids: Tensor, memory: Tensor, initialized: bool = True) -> Tensor:
+    def inject(
+        self, ids: Tensor, memory: Tensor, initialized: bool = True, lengths: Tensor | None = None
+    ) -> Tensor:
         """Delta memory of a context: ids [B, n], memory [L, B, N, d] → delta [L, B, m, d].
 
         m = K once the memory is initialised. Each layer reads its BOS row and its last K memory rows,
         then the context; the positional embedding marks the last K rows; the delta is the last K
         output rows (so for n < K it includes outputs at old memory rows).
+
+        `lengths` [B] batches contexts of different lengths (training): ids are right-padded, and each
+        context's own last K rows are marked and taken. Causal attention never lets a context row see
+        the padding after it, so each delta equals that context's unbatched one. Needs initialised
+        memory and every length ≥ K.
         """
         cfg, K = self.config, self.config.num_tokens
         x = self.model.embed_tokens(ids)
         B, n = ids.shape
         pe = self.new_memory_positional_emb.to(self.dtype)
+        if lengths is not None:
+            marks, take = self._ragged_rows(lengths, n, initialized)
         deltas = []
         for layer, block in enumerate(self.layers):
             if initialized:
                 prefix = torch.cat([*self._bos(layer, B), memory[layer][:, -K:]], dim=1)
                 X = torch.cat([prefix, x], dim=1)
-                X = torch.cat([X[:, :-K], X[:, -K:] + pe], dim=1)
+                if lengths is None:
+                    X = torch.cat([X[:, :-K], X[:, -K:] + pe], dim=1)
+                else:
+                    X = torch.where(marks, X + pe, X)
                 P = min(prefix.shape[1], X.shape[1] - K)
                 out = self._layer(block, X, P, ADAPTER_INJECT)
-                deltas.append(out[:, -K:])
+                deltas.append(out[:, -K:] if lengths is None else out.gather(1, take))
             else:
                 m = min(K, n)
                 X = torch.cat([x[:, :-m], x[:, -m:] + pe], dim=1) if cfg.pos_emb_on_first_injection else x
@@ -324,6 +339,19 @@ class MemoryModel(nn.Module):
                 deltas.append(out[:, -m:] + pe if aliased else out[:, -m:])
             x = out[:, -n:]
         return torch.stack(deltas)
+
+    def _ragged_rows(self, lengths: Tensor, n: int, initialized: bool) -> tuple[Tensor, Tensor]:
+        """For right-padded contexts: which rows of [prefix ; context] get the positional embedding
+        ([B, P + n, 1] booleans) and the indices [B, K, d] of each context's last K rows in the output."""
+        K = self.config.num_tokens
+        lengths = lengths.to(self.device)
+        if not initialized or int(lengths.min()) < K or int(lengths.max()) > n:
+            raise ValueError(f"batched injection needs initialised memory and lengths in [{K}, {n}]")
+        P = int(self.config.add_bos_embedding) + K
+        last = lengths[:, None] - K + torch.arange(K, device=self.device)  # context positions [B, K]
+        marks = torch.zeros(len(lengths), P + n, 1, dtype=torch.bool, device=self.device)
+        marks.scatter_(1, (P + last)[..., None], True)
+        return marks, last[..., None].expand(-1, -1, self.config.hidden_size)
 
     def _layer(self, block: Block, X: Tensor, P: int, adapter: str) -> Tensor:
         """One layer over rows X whose first P rows are a prefix: it returns only the other rows."""

@@ -32,7 +32,7 @@ from .paths import FILE_MODE, ensure_dir
 FORMAT = "memchat-state-1"
 _RESERVED_PREFIX = "store."
 _PLACEHOLDER = "0" * 64
-_CHUNK = 64 << 20  # large enough to amortise syscalls, small enough to overlap hashing with I/O
+_CHUNK = 8 << 20  # large enough to amortise syscalls, small enough to overlap hashing with I/O
 _PARALLEL_MIN = 8 << 20  # below this a hashing thread costs more than it saves
 _TMP_MARK = ".tmp-"
 Hasher = Any  # hashlib's object type is private
