@@ -22,9 +22,9 @@ NOTES = {
 }
 
 
-def env_for(home: Path) -> dict[str, str]:
+def env_for(home: Path, model: str = "tiny") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCHAT_")}
-    env.update(MEMCHAT_HOME=str(home), MEMCHAT_MODEL="tiny", MEMCHAT_SEED="11", OMP_NUM_THREADS="1")
+    env.update(MEMCHAT_HOME=str(home), MEMCHAT_MODEL=model, MEMCHAT_SEED="11", OMP_NUM_THREADS="1")
     return env
 
 
@@ -33,10 +33,11 @@ def memchat(
     *args: str,
     check: bool = True,
     input: str | None = None,
+    model: str = "tiny",
 ) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "memchat.cli", *args],
-        env=env_for(home),
+        env=env_for(home, model),
         input=input,
         capture_output=True,
         text=True,
@@ -47,8 +48,8 @@ def memchat(
     return proc
 
 
-def stats(home: Path) -> dict:
-    return json.loads(memchat(home, "memory", "stats", "--json").stdout)
+def stats(home: Path, model: str = "tiny") -> dict:
+    return json.loads(memchat(home, "memory", "stats", "--json", model=model).stdout)
 
 
 def write_notes(folder: Path, notes: dict[str, str] = NOTES, repeat: int = 1) -> Path:
@@ -76,27 +77,26 @@ def test_ingest_twice_injects_nothing_the_second_time_and_an_edit_only_its_new_c
     assert "sourdough" in log
 
 
-def test_forget_since_gives_the_digest_of_a_memory_that_never_saw_the_rows(tmp_path):
-    early, late = (
-        write_notes(tmp_path / "early", {"a.md": NOTES["a.md"]}),
-        write_notes(tmp_path / "late", {"c.md": NOTES["sub/c.md"]}),
-    )
-    memchat(tmp_path / "never", "ingest", str(early))
-    expected = stats(tmp_path / "never")["memory_digest"]
+@pytest.mark.parametrize("model", ["tiny", "tiny-mplus", "tiny-7b"])
+def test_forget_since_gives_the_digest_of_a_memory_that_never_saw_the_rows(tmp_path, model):
+    early, late = write_notes(tmp_path / "early", {"a.md": NOTES["a.md"]}), write_notes(
+        tmp_path / "late", {"c.md": NOTES["sub/c.md"] * 6})
+    memchat(tmp_path / "never", "ingest", str(early), model=model)
+    expected = stats(tmp_path / "never", model)["memory_digest"]
 
     home = tmp_path / "home"
-    memchat(home, "ingest", str(early))
+    memchat(home, "ingest", str(early), model=model)
     time.sleep(1.1)
     cut = time.strftime("%Y-%m-%d %H:%M:%S")
     time.sleep(1.1)
-    memchat(home, "ingest", str(late))
-    assert stats(home)["memory_digest"] != expected
-    dry = memchat(home, "forget", "--since", cut, "--dry-run")
+    memchat(home, "ingest", str(late), model=model)
+    assert stats(home, model)["memory_digest"] != expected
+    dry = memchat(home, "forget", "--since", cut, "--dry-run", model=model)
     assert "will forget 1 injections" in dry.stdout
-    memchat(home, "forget", "--since", cut, "--yes")
-    assert stats(home)["memory_digest"] == expected
-    assert "Berlin" not in memchat(home, "memory", "log", "--search", "Berlin").stdout
-    assert "ok" in memchat(home, "memory", "verify").stdout
+    memchat(home, "forget", "--since", cut, "--yes", model=model)
+    assert stats(home, model)["memory_digest"] == expected
+    assert "Berlin" not in memchat(home, "memory", "log", "--search", "Berlin", model=model).stdout
+    assert "ok" in memchat(home, "memory", "verify", model=model).stdout
 
 
 def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path):
