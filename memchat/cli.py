@@ -1,27 +1,31 @@
 """The `memchat` command line. Thin: it parses, asks the service, and prints; heavy modules load only
-inside the commands that need them, so `memchat --help` starts fast."""
+inside the commands that need them, so `memchat --help` and `memchat memory stats` start without torch."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from memchat.config import setting_help
 from memchat.errors import MemchatError
 
 app = typer.Typer(
-    help="A terminal chat agent with lifelong memory (MemoryLLM / M+).",
-    no_args_is_help=True,
+    help="A terminal chat agent with lifelong memory (MemoryLLM / M+). Without a command: chat.",
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
 memory_app = typer.Typer(help="Inspect, verify, export and import what memory holds.", no_args_is_help=True)
+model_app = typer.Typer(help="List and download models.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings: flags, environment, then config.toml.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,61 +35,115 @@ class UsageError(MemchatError):
     pass
 
 
-def _options(ctx: typer.Context):
-    return ctx.obj["options"]
-
-
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
     home: Annotated[
-        Path | None, typer.Option(envvar="MEMCHAT_HOME", help="Where memchat keeps its data.")
+        Path | None, typer.Option(help="Where memchat keeps its data and config. \\[env: MEMCHAT_HOME]")
     ] = None,
-    profile: Annotated[str, typer.Option(envvar="MEMCHAT_PROFILE", help="Whose memory.")] = "default",
-    model: Annotated[
-        str, typer.Option(envvar="MEMCHAT_MODEL", help="Hub id, local folder or preset.")
-    ] = "tiny",
-    device: Annotated[str | None, typer.Option(envvar="MEMCHAT_DEVICE", help="cuda, cuda:1 or cpu.")] = None,
-    quant: Annotated[str | None, typer.Option(envvar="MEMCHAT_QUANT", help="nf4, int8 or none.")] = None,
-    seed: Annotated[int | None, typer.Option(envvar="MEMCHAT_SEED", help="Fix the drop-seed salt.")] = None,
+    profile: Annotated[str | None, typer.Option(help=setting_help("profile"))] = None,
+    model: Annotated[str | None, typer.Option(help=setting_help("model"))] = None,
+    device: Annotated[str | None, typer.Option(help=setting_help("device"))] = None,
+    quant: Annotated[str | None, typer.Option(help=setting_help("quant"))] = None,
+    seed: Annotated[int | None, typer.Option(help=setting_help("seed"))] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
+    from memchat.config import load_config
+
+    flags = {"profile": profile, "model": model, "device": device, "quant": quant, "seed": seed}
+    ctx.obj = {"config": load_config(flags, home=home), "debug": debug}
+    if ctx.invoked_subcommand is None:
+        _chat(ctx)
+
+
+def _config(ctx: typer.Context):
+    return ctx.obj["config"]
+
+
+def _options(ctx: typer.Context):
+    """The service's Options from the effective settings; explains when no model can be chosen."""
     from memchat.service.memory import Options
 
-    ctx.obj = {
-        "options": Options(home=home, profile=profile, model=model, device=device, quant=quant, seed=seed),
-        "debug": debug,
-    }
-
-
-def _open(ctx: typer.Context, progress_label: str = "replaying journal"):
-    """Open the memory, with a progress bar when recovery has rows to replay."""
-    from memchat.service.memory import Memory
-
-    with _progress() as bar:
-        task = None
-
-        def progress(done: int, total: int) -> None:
-            nonlocal task
-            if task is None:
-                task = bar.add_task(progress_label, total=total)
-            bar.update(task, completed=done, total=total)
-
-        return Memory.open(_options(ctx), notice=lambda m: err.print(f"[yellow]{m}[/]"), progress=progress)
-
-
-def _progress(*extra):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *extra,
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
+    config = _config(ctx)
+    budget = {} if config.snapshot_budget is None else {"snapshot_budget": config.snapshot_budget}
+    return Options(
+        home=config.home,
+        profile=config.profile,
+        model=config.require_model(),
+        device=config.device,
+        quant=config.quant,
+        seed=config.seed,
+        **budget,
     )
+
+
+def _open(ctx: typer.Context):
+    """Open the memory, with a progress bar when recovery has rows to replay."""
+    from memchat.chat.ui import progress_bar, progress_callback
+    from memchat.service.memory import Memory, cuda_available
+
+    options = _options(ctx)
+    # The GPU default was picked without torch; confirm CUDA before loading an 8B model on its strength.
+    if _config(ctx).origins["model"] == "default" and not cuda_available():
+        raise _config(ctx).no_model()
+    with progress_bar(err) as bar:
+        return Memory.open(
+            options,
+            notice=lambda m: err.print(f"[yellow]{m}[/]"),
+            progress=progress_callback(bar, "replaying journal"),
+        )
+
+
+# --- chat -------------------------------------------------------------------------------------------------
+
+
+def _chat(ctx: typer.Context) -> None:
+    """The REPL (memchat with no command)."""
+    from memchat.chat.repl import run_chat
+
+    if not sys.stdin.isatty():
+        raise UsageError('the chat needs a terminal; from a script use: memchat ask "…"')
+    with _open(ctx) as memory:
+        memory.require_holder()
+        run_chat(memory, _config(ctx), out)
+    out.print("[dim]memory saved[/]")
+
+
+@app.command()
+def ask(
+    ctx: typer.Context,
+    question: Annotated[
+        str | None, typer.Argument(help="The question; '-' or nothing reads it from stdin.")
+    ] = None,
+    no_remember: Annotated[
+        bool, typer.Option("--no-remember", help="Do not inject this exchange into memory.")
+    ] = False,
+    temperature: Annotated[float | None, typer.Option(help=setting_help("temperature"))] = None,
+    top_p: Annotated[float | None, typer.Option(help=setting_help("top_p"))] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help=setting_help("max_new_tokens"))] = None,
+) -> None:
+    """Answer one question from memory, streamed to stdout (for scripts); the exchange is remembered."""
+    from memchat.chat.ui import deferred_interrupt, stream_reply
+
+    text = _question(question)
+    config = _config(ctx).override(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    with _open(ctx) as memory:
+        memory.require_holder()
+        pieces = memory.reply([{"role": "user", "content": text}], memory.sampling(**config.generation()))
+        reply = stream_reply(out, pieces)
+        out.out("")
+        if not no_remember:
+            with deferred_interrupt():
+                memory.remember_turn(text, reply)
+
+
+def _question(question: str | None) -> str:
+    if question is None and sys.stdin.isatty():
+        raise UsageError('ask what? memchat ask "…", or pipe the question on stdin')
+    text = sys.stdin.read() if question in (None, "-") else question
+    if not text.strip():
+        raise UsageError("the question is empty")
+    return text.strip()
 
 
 # --- ingest ---------------------------------------------------------------------------------------------
@@ -98,63 +156,46 @@ def ingest(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be injected.")] = False,
     max_size: Annotated[float, typer.Option(help="Largest file to take, in MB.")] = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every file.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Then keep ingesting files as they change; Ctrl-C stops.")
+    ] = False,
 ) -> None:
     """Inject files into memory: text, Markdown, code and PDF. Unchanged files are skipped."""
-    from rich.progress import TextColumn
+    from memchat.chat.actions import QUEUED_NOTE, ingest_files, ingest_summary
+    from memchat.ingest.watch import Watch
 
-    from memchat.ingest.pipeline import ingest as run_ingest
+    if watch and dry_run:
+        raise UsageError("--watch and --dry-run do not go together")
+    max_bytes = int(max_size * 1024 * 1024)
+    # The watch starts before the first pass, so a file saved during that pass is not missed.
+    with _open(ctx) as memory, Watch(paths) if watch else nullcontext() as changes:
+        report = ingest_files(memory, paths, err, dry_run=dry_run, max_bytes=max_bytes, verbose=verbose)
+        out.print(ingest_summary(report, dry_run))
+        if report.queued:
+            out.print(f"[dim]{QUEUED_NOTE}[/]")
+        if changes is not None:
+            _follow(memory, paths, changes, max_bytes)
 
-    with _open(ctx) as memory, _progress(TextColumn("{task.fields[tokens]} tokens")) as bar:
-        task = bar.add_task("ingesting", total=None, tokens=0)
 
-        def on_file(plan) -> None:
-            note = f" [dim]({plan.note})[/]" if plan.note else ""
-            if verbose or dry_run:
-                bar.console.print(f"{plan.path}: {len(plan.chunks)} chunks, {plan.tokens} tokens{note}")
-            bar.update(task, tokens=bar.tasks[task].fields["tokens"] + plan.tokens)
+def _follow(memory, paths: list[Path], changes, max_bytes: int) -> None:
+    """Ingest again after each burst of changes: a line per new or changed file; Ctrl-C stops."""
+    from memchat.chat.actions import QUEUED_NOTE, ingest_files, ingest_summary
+    from memchat.chat.ui import deferred_interrupt
 
-        def on_skip(skipped) -> None:
-            if verbose or not skipped.reason.startswith(("hidden", "excluded", "empty")):
-                bar.console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.reason}")
-
-        report = run_ingest(
-            memory,
-            paths,
-            dry_run=dry_run,
-            max_bytes=int(max_size * 1024 * 1024),
-            on_file=on_file,
-            on_skip=on_skip,
-            on_chunk=lambda n: bar.advance(task, n),
-        )
-    verb = "would inject" if dry_run else "queued" if report.queued else "injected"
-    out.print(
-        f"{verb} {report.chunks} chunks ({report.tokens} tokens) from {report.files} files; "
-        f"{report.unchanged} unchanged, {len(report.skipped)} skipped"
-    )
-    if report.queued:
-        out.print("[dim]another memchat holds this memory; it applies the rows between turns[/]")
+    held = "" if memory.holder else f" ({QUEUED_NOTE})"
+    out.print(f"watching {', '.join(map(str, paths))} for changes{held}; Ctrl-C stops")
+    reported: set[Path] = set()
+    try:
+        for _ in changes.bursts():
+            with deferred_interrupt():
+                report = ingest_files(memory, paths, out, max_bytes=max_bytes, reported=reported)
+            if report.files:
+                out.print(ingest_summary(report))
+    except KeyboardInterrupt:
+        out.print("stopped watching")
 
 
 # --- forget ---------------------------------------------------------------------------------------------
-
-
-def parse_when(text: str) -> float:
-    """Unix time of a user's 'yesterday', '2 hours ago', 'last monday' or ISO date (local time if no zone).
-
-    Whole-day words mean the start of that day: 'forget --since yesterday' includes all of yesterday.
-    """
-    import dateparser
-
-    settings = {"PREFER_DATES_FROM": "past", "RETURN_AS_TIMEZONE_AWARE": True}
-    when = dateparser.parse(text, settings=settings)
-    if when is None:
-        raise UsageError(
-            f"cannot read the time '{text}'; try 'yesterday', '2 hours ago', 'last monday' "
-            f"or 2026-01-31 14:00"
-        )
-    if text.strip().lower() in ("today", "yesterday"):
-        when = when.replace(hour=0, minute=0, second=0, microsecond=0)
-    return when.timestamp()
 
 
 @app.command()
@@ -166,35 +207,19 @@ def forget(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Take memory back exactly to what it would be without those injections, and wipe their text."""
+    from memchat.chat.actions import forget_matching
+    from memchat.chat.when import parse_when
+
     if since is None and source is None:
         raise UsageError("say what to forget: --since WHEN or --source NAME")
     start = parse_when(since) if since is not None else None
+
+    def confirm(question: str) -> bool:
+        return yes or typer.confirm(question, default=False)
+
     with _open(ctx) as memory:
-        ids = memory.select(since=start, source=source)
-        if not ids:
-            out.print("nothing to forget")
-            return
-        cost = memory.replay_cost(ids)
-        what = (
-            f"{len(ids)} injections"
-            + (f" since {time.strftime('%Y-%m-%d %H:%M', time.localtime(start))}" if start else "")
-            + (f" from {source}" if source else "")
-        )
-        eta = f", about {_duration(cost.seconds)}" if cost.seconds else ""
-        out.print(f"will forget {what}; then replay {cost.rows} injections ({cost.tokens} tokens{eta}) "
-                  f"to rebuild memory")
-        if dry_run:
-            return
-        if not yes and not typer.confirm("forget them?", default=False):
+        if forget_matching(memory, out, confirm, since=start, source=source, dry_run=dry_run) is None:
             raise typer.Exit(1)
-        with _progress() as bar:
-            task = bar.add_task("rebuilding memory", total=cost.rows)
-            memory.forget(ids, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    out.print(f"forgot {len(ids)} injections")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 # --- memory … -------------------------------------------------------------------------------------------
@@ -223,6 +248,7 @@ def memory_log(
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
 ) -> None:
     """The journal of injections, newest last; searchable."""
+    from memchat.chat.when import parse_when
     from memchat.service.stats import render_log
 
     render_log(
@@ -238,7 +264,9 @@ def memory_log(
 @memory_app.command("verify")
 def memory_verify(ctx: typer.Context) -> None:
     """Rebuild memory from the journal and compare it with the live state."""
-    with _open(ctx) as memory, _progress() as bar:
+    from memchat.chat.ui import progress_bar
+
+    with _open(ctx) as memory, progress_bar(err) as bar:
         task = bar.add_task("rebuilding from the journal", total=None)
         live, rebuilt = memory.verify(progress=lambda d, t: bar.update(task, completed=d, total=t))
     if live != rebuilt:
@@ -271,6 +299,92 @@ def memory_import(
     out.print(f"imported {rows} injections from {file}")
 
 
+# --- model … --------------------------------------------------------------------------------------------
+
+
+@model_app.command("list")
+def model_list(ctx: typer.Context) -> None:
+    """The model presets and which are on this machine (looks in the Hugging Face cache, offline)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+    from rich.table import Table
+
+    from memchat.engine.load import presets
+
+    try:
+        cached = {repo.repo_id: repo.size_on_disk for repo in scan_cache_dir().repos}
+    except (CacheNotFound, OSError):  # no cache yet, or one we cannot read: nothing downloaded
+        cached = {}
+    current = _config(ctx).model
+    table = Table("", "preset", "what", "on this machine", box=None)
+    for name, what in presets().items():
+        table.add_row("*" if name == current else "", name, what, _on_this_machine(name, cached))
+    out.print(table)
+    out.print("[dim]* the current model; `memchat model pull NAME` downloads one[/]")
+    if current is None:
+        out.print("[dim]no model chosen, and no CUDA GPU for the default: --model tiny tries memchat out[/]")
+
+
+def _on_this_machine(preset: str, cached: dict[str, int]) -> str:
+    from memchat.engine.load import HUB_PRESETS, TINY_PRESETS, LoadError, resolve
+    from memchat.ingest.files import _human as human_size
+
+    if preset in TINY_PRESETS:
+        return "built in"
+    repo = HUB_PRESETS.get(preset)
+    if repo is not None:
+        return f"downloaded ({human_size(cached[repo])})" if repo in cached else "-"
+    try:  # a preset shipped as files (nano): there or not
+        return f"installed ({resolve(preset)})"
+    except LoadError:
+        return "-"
+
+
+@model_app.command("pull")
+def model_pull(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="A preset or a hub id (owner/name).")]
+) -> None:
+    """Download a model into the Hugging Face cache, with progress."""
+    from memchat.engine.load import resolve
+    from memchat.store import memchat_home
+
+    folder = resolve(name, memchat_home(_config(ctx).home) / "cache")
+    out.print(f"{name} is ready in {folder}")
+
+
+# --- config … -------------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """The effective settings and where each comes from (flag, environment, config.toml, default)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from memchat.config import SETTINGS
+    from memchat.store import memchat_home
+
+    config = _config(ctx)
+    table = Table("setting", "value", "from", box=None)
+    table.add_row("home", escape(str(memchat_home(config.home))), config.origins["home"])
+    for spec in SETTINGS:
+        value, origin = getattr(config, spec.name), config.origins[spec.name]
+        shown = escape(str(value)) if value is not None else f"[dim]{spec.metadata['unset']}[/]"
+        table.add_row(spec.name, shown, config.path.name if origin == str(config.path) else origin)
+    out.print(table)
+    if config.path.exists():
+        out.print(f"{config.path.name}: {escape(str(config.path))}")
+    else:
+        example = 'model = "tiny"'
+        out.print(f"no {config.path.name} yet; create {escape(str(config.path))} with lines like: {example}")
+
+
+@config_app.command("path")
+def config_path(ctx: typer.Context) -> None:
+    """Where config.toml is read from (it may not exist yet)."""
+    print(_config(ctx).path)
+
+
 def main() -> None:
     """Entry point: user errors are one red line; tracebacks only with --debug."""
     debug = "--debug" in sys.argv
@@ -279,7 +393,9 @@ def main() -> None:
     except MemchatError as error:
         if debug:
             raise
-        err.print(f"[red]error:[/] {error}")
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(error))}")
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Only torch-free store modules at import time: `memchat memory stats` imports this module for `Options`
 # and must answer without paying for torch. The state and snapshot modules load where they are used.
@@ -34,6 +35,10 @@ from memchat.store import (
     model_key,
     sha256_text,
 )
+
+if TYPE_CHECKING:
+    from memchat.engine.config import MemoryConfig
+    from memchat.engine.generate import Sampling
 
 FORGOTTEN_KEY = "journal_forgotten"  # forgotten rows with id <= upto when the state was saved
 DIGEST_KEY = "memory_digest"
@@ -273,7 +278,7 @@ class Memory:
     def remember_turn(self, user: str, assistant: str) -> InjectResult:
         return self.inject(self.tokenizer.format_turn(user, assistant), "chat", "chat")
 
-    def sampling(self, **overrides: float | int | None):
+    def sampling(self, **overrides: float | int | None) -> Sampling:
         """The checkpoint's generation defaults with the caller's settings; None keeps a default."""
         return self.engine.sampling.with_overrides(**overrides)
 
@@ -408,7 +413,7 @@ _GPU_OVERHEAD = 1 << 30
 _LINEAR_BYTES = {"nf4": 0.5 + 4 / 64, "int8": 1.0, "none": 2.0}
 
 
-def gpu_bytes_needed(cfg, quant: str) -> int:
+def gpu_bytes_needed(cfg: MemoryConfig, quant: str) -> int:
     """GPU memory a model needs, estimated from its config: the backbone linears at `quant`, embeddings,
     the memory pool and its KV prefix in bf16 (LoRA and norms are small enough to leave out)."""
     h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
@@ -420,11 +425,17 @@ def gpu_bytes_needed(cfg, quant: str) -> int:
     return int(linears * _LINEAR_BYTES[quant]) + 2 * (embeddings + pool + prefix) + _GPU_OVERHEAD
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def check_gpu_fits(model: str, folder: Path, device: str | None, quant: str | None) -> None:
     """Refuse before loading, saying how much is needed, when the GPU has too little free memory."""
     import torch
 
-    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+    if not cuda_available() or (device is not None and torch.device(device).type != "cuda"):
         return
     from memchat.engine.config import MemoryConfig
     from memchat.engine.load import LoadError
