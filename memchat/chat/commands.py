@@ -62,7 +62,7 @@ def stats(chat: Chat, arg: str) -> None:
     """What memory holds: injections, tokens, sources, and what occupies the memory pool."""
     from memchat.service.stats import render_stats, stats
 
-    render_stats(chat.out, stats(chat.memory.options))
+    render_stats(chat.out, stats(chat.memory.options, live=chat.memory))
 
 
 @command("forget", "WHEN")

@@ -8,18 +8,21 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from memchat.service.memory import DIGEST_KEY, ORIGINS_KEY, Options, memory_layout, saved_meta
+from memchat.service.memory import DIGEST_KEY, ORIGINS_KEY, Memory, Options, memory_layout, saved_meta
 from memchat.store.journal import Journal
 from memchat.store.paths import MemoryLayout
 
 CHECKPOINT = "(checkpoint)"
 
 
-def stats(options: Options) -> dict:
+def stats(options: Options, live: Memory | None = None) -> dict:
+    """From the store alone (as saved), or from the live memory of the process that holds it."""
     layout = memory_layout(options)
     with Journal(layout.journal) as journal:
         counts = journal.counts()
         meta = saved_meta(layout) or {}
+        if live is not None and live.holder:
+            meta = {**meta, DIGEST_KEY: live.digest(), ORIGINS_KEY: json.dumps(live.origins())}
         origins = {int(k): v for k, v in json.loads(meta.get(ORIGINS_KEY, "{}")).items()}
         rows = {i: journal.get(i) for i in origins if i >= 0}
         last = journal.last_row_time()
