@@ -95,9 +95,10 @@ class Engine:
         """The KV cache holding the current memory prefix (computed once per memory state)."""
         if self._cache is None:
             cfg = self.config
-            self._cache = KVCache(cfg, cfg.prefix_rows + _CACHE_HEADROOM, self.model.dtype, self.model.device)
+            cache = KVCache(cfg, cfg.prefix_rows + _CACHE_HEADROOM, self.model.dtype, self.model.device)
             with torch.inference_mode():
-                self.model.fill_prefix(self._cache, self._state.memory.unsqueeze(1))
+                self.model.fill_prefix(cache, self._state.memory.unsqueeze(1))
+            self._cache = cache  # only once complete: an interrupt half-way leaves no partial prefix
         return self._cache
 
     def retriever(self):

@@ -45,6 +45,11 @@ class MemoryState:
     memory_ages: Tensor | None = None  # M+ [L, N] float64: age of each short-term row
     ltm: LongTermMemory | None = None
 
+    @property
+    def last_injection(self) -> int:
+        """The origin of the newest memory rows: every update appends its rows last. 0 before any."""
+        return max(0, int(self.origins[0, -1]))
+
     def to_tensors(self) -> dict[str, Tensor]:
         out = {
             "memory": self.memory,

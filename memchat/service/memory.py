@@ -120,7 +120,7 @@ class Memory:
             if options.seed is not None
             else journal.meta_setdefault("salt", secrets.token_hex(8))
         )
-        self.upto = 0  # every live row with id <= upto is in the engine's state
+        self._saved_upto = -1  # the journal row the state file includes up to, once known
         self._unsaved = 0
         self._timed_tokens, self._timed_seconds = 0, 0.0
 
@@ -173,7 +173,7 @@ class Memory:
     def close(self) -> None:
         """Save what is unsaved and let go of the memory."""
         try:
-            if self.holder and self._unsaved:
+            if self.holder and self.upto != self._saved_upto:
                 self.checkpoint()
         finally:
             if self.holder:
@@ -238,7 +238,6 @@ class Memory:
             self.engine.inject(ids, seed=row.seed, origin=row.id)
             self._timed_tokens += len(ids)
             self._timed_seconds += time.perf_counter() - start
-            self.upto = row.id
             self._unsaved += 1
             done += 1
             if row.status == "pending":
@@ -262,7 +261,7 @@ class Memory:
         from memchat.store.state import save_state
 
         save_state(self.layout.state, tensors, meta)
-        self._unsaved = 0
+        self._saved_upto, self._unsaved = self.upto, 0
         if self._timed_seconds > 1.0:
             self.journal.set_meta(RATE_KEY, f"{self._timed_tokens / self._timed_seconds:.1f}")
         if self.snapshots.due(self.upto, self.layout.state.stat().st_size):
@@ -302,21 +301,30 @@ class Memory:
 
     # --- restoring ------------------------------------------------------------------------------------
 
+    @property
+    def upto(self) -> int:
+        """Every live journal row with id <= upto is in the engine's state. Read from the state itself
+        (the newest memory rows carry the id of the injection that wrote them), so an interrupt between
+        an injection and any bookkeeping cannot make the two disagree."""
+        return self.engine.state.last_injection
+
     def _restore(self, progress: Progress | None) -> None:
-        state, self.upto = self._saved_state()
-        self.engine.state = state
+        self.engine.state = self._saved_state()
+        self._saved_upto = self.upto
+        # Applied to the state but not yet marked (an interrupt came in between): mark them now.
+        self.journal.mark_applied(r.id for r in self.journal.rows(0, "pending") if r.id <= self.upto)
         rows = list(self.journal.rows(self.upto, LIVE))
         if rows:
             self._replay(rows, progress)
 
     def _saved_state(self):
-        """The newest saved state consistent with the journal, and the row id it includes up to."""
+        """The newest saved state consistent with the journal (else a snapshot, else the checkpoint's)."""
         from memchat.store.state import load_state
 
         try:
             tensors, meta = load_state(self.layout.state)
             if self._consistent(meta):
-                return self._to_state(tensors), int(meta[UPTO_KEY])
+                return self._to_state(tensors)
             self.notice("memory: the saved state predates a forget; rebuilding it from the journal")
         except FileNotFoundError:
             pass
@@ -332,8 +340,8 @@ class Memory:
         """The newest consistent snapshot holding only rows < row_id, else the checkpoint's memory."""
         found = self.snapshots.load_before(row_id, on_corrupt=lambda path, e: self.notice(f"memory: {e}"))
         if found is not None and self._consistent(found[1]):
-            return self._to_state(found[0]), found[2]
-        return self._initial_state(), 0
+            return self._to_state(found[0])
+        return self._initial_state()
 
     def _initial_state(self):
         from memchat.engine.load import load_initial_state
@@ -377,8 +385,7 @@ class Memory:
             return 0
         self.snapshots.invalidate_from(ids[0])
         forgotten = self.journal.forget(ids)
-        state, self.upto = self._base_before(ids[0])
-        self.engine.state = state
+        self.engine.state = self._base_before(ids[0])
         rows = list(self.journal.rows(self.upto, LIVE))
         self._replay(rows, progress)
         self.checkpoint()
@@ -389,10 +396,13 @@ class Memory:
     def digest(self) -> str:
         return memory_digest(self.engine.state.to_tensors())
 
+    def origins(self) -> dict[int, int]:
+        return origin_counts(self.engine.state.origins)
+
     def verify(self, progress: Progress | None = None) -> tuple[str, str]:
         """(live digest, digest rebuilt from the checkpoint and the whole journal)."""
         live = self.engine.state
-        upto, unsaved = self.upto, self._unsaved
+        upto = self.upto
         try:
             self.engine.state = self._initial_state()
             rows = [r for r in self.journal.rows(0, LIVE) if r.id <= upto]
@@ -403,7 +413,6 @@ class Memory:
             rebuilt = self.digest()
         finally:
             self.engine.state = live
-            self.upto, self._unsaved = upto, unsaved
         return memory_digest(live.to_tensors()), rebuilt
 
 
