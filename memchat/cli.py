@@ -14,6 +14,8 @@ from rich.console import Console
 
 from memchat.config import setting_help
 from memchat.errors import MemchatError
+from memchat.eval.cli import eval_app
+from memchat.train.cli import train_app
 
 app = typer.Typer(
     help="A terminal chat agent with lifelong memory (MemoryLLM / M+). Without a command: chat.",
@@ -26,6 +28,8 @@ config_app = typer.Typer(help="Settings: flags, environment, then config.toml.",
 app.add_typer(memory_app, name="memory")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
+app.add_typer(eval_app, name="eval")
+app.add_typer(train_app, name="train")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -31,6 +31,10 @@ HUB_PRESETS = {
     "memoryllm-7b": "YuWangX/memoryllm-7b",
 }
 TINY_PRESETS = {"tiny": "memoryllm", "tiny-mplus": "mplus", "tiny-7b": "memoryllm-7b"}
+# memchat's own small CPU model (trained by `memchat train nano`), shipped in the repository's
+# assets/memchat-nano; a wheel installs it under <prefix>/share/memchat/memchat-nano.
+NANO_PRESET = "nano"
+NANO_DIR = "memchat-nano"
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken"]
 _BACKBONE_LINEAR = re.compile(
     r"^model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj(\.base_layer)?$"
@@ -45,7 +49,33 @@ class LoadError(MemchatError, RuntimeError):
 
 def presets() -> dict[str, str]:
     """Every preset name with what it stands for."""
-    return {**HUB_PRESETS, **{name: f"built-in {kind} test model" for name, kind in TINY_PRESETS.items()}}
+    return {
+        **HUB_PRESETS,
+        NANO_PRESET: f"memchat's small CPU model ({NANO_DIR})",
+        **{name: f"built-in {kind} test model" for name, kind in TINY_PRESETS.items()},
+    }
+
+
+def nano_candidates() -> list[Path]:
+    """Where the nano model may be: the source checkout (editable install), then the installed data."""
+    import sys
+
+    import memchat
+
+    return [
+        Path(memchat.__file__).resolve().parents[1] / "assets" / NANO_DIR,
+        Path(sys.prefix) / "share" / "memchat" / NANO_DIR,
+    ]
+
+
+def nano_folder() -> Path:
+    for folder in nano_candidates():
+        if (folder / "config.json").is_file():
+            return folder
+    raise LoadError(
+        f"the nano model is not installed ({nano_candidates()[0]} is missing); train one with "
+        f"`memchat train nano --out DIR` and pass --model DIR/model"
+    )
 
 
 def resolve(source: str, cache_dir: Path | None = None) -> Path:
@@ -55,6 +85,8 @@ def resolve(source: str, cache_dir: Path | None = None) -> Path:
         return path
     if source in TINY_PRESETS:
         return _tiny_folder(source, cache_dir)
+    if source == NANO_PRESET:
+        return nano_folder()
     repo = HUB_PRESETS.get(source, source)
     if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         raise LoadError(

@@ -135,7 +135,7 @@ class Block(nn.Module):
         )
         kv[1][:, :, start:end] = self._split(linear(attn.v_proj, h, adapter), self.kv_heads)
         o = attend(q, kv[0][:, :, :end], kv[1][:, :, :end], start)
-        x = x + attn.o_proj(o.transpose(-3, -2).reshape(*x.shape[:-1], -1))
+        x = x + linear(attn.o_proj, o.transpose(-3, -2).reshape(*x.shape[:-1], -1), adapter)
         return x + self.mlp(self.post_attention_layernorm(x), adapter)
 
 
@@ -365,16 +365,29 @@ class MemoryModel(nn.Module):
 
     def fill_prefix(self, cache: KVCache, memory: Tensor) -> None:
         """Compute every layer's memory prefix (memory [L, B, N, d]) into the cache's prefix region."""
-        adapter, start, rows = self.config.answer_adapter, self.memory_start, memory.shape[2]
+        self.write_prefix(cache, self.memory_keys_values(memory))
+
+    def memory_keys_values(self, rows: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the un-rotated keys and values [B, kv_heads, n, head_dim] of memory rows [L, B, n, d].
+
+        Each row's depend on that row alone, so training computes them once per distinct row and gathers
+        them into every episode's memory order."""
+        adapter = self.config.answer_adapter
+        return [block.keys_values(rows[i].to(self.dtype), adapter) for i, block in enumerate(self.layers)]
+
+    def write_prefix(self, cache: KVCache, keys_values: list[tuple[Tensor, Tensor]]) -> None:
+        """Fill the cache's prefix region from the memory rows' un-rotated keys and values (per layer)."""
+        adapter, start = self.config.answer_adapter, self.memory_start
+        batch, rows = keys_values[0][0].shape[0], keys_values[0][0].shape[2]
         cache.prefix_len = cache.length = start + rows
         cache.reserve(0)
         cos, sin = self._rope(start, start + rows)
         raw = []
         for layer, block in enumerate(self.layers):
-            for bos in self._bos(layer, memory.shape[1]):
+            for bos in self._bos(layer, batch):
                 k, v = block.keys_values(bos, adapter)
                 cache.write(layer, 0, apply_rope(k, *self._rope(0, 1)), v)
-            k, v = block.keys_values(memory[layer].to(self.dtype), adapter)
+            k, v = keys_values[layer]
             raw.append(k)
             cache.write(layer, start, apply_rope(k, cos, sin), v)
         cache.raw_k = raw

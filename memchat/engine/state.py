@@ -140,10 +140,8 @@ def update(
     """
     if not state.initialized:
         return _first_update(cfg, state, delta, origin)
-    memory = torch.cat([_gather_rows(state.memory, kept), delta.to(state.memory.dtype)], dim=1)
-    origins = torch.cat(
-        [_gather_rows(state.origins, kept), torch.full(delta.shape[:2], origin, dtype=torch.int64)], dim=1
-    )
+    memory = keep_and_append(state.memory, kept, delta.to(state.memory.dtype))
+    origins = keep_and_append(state.origins, kept, torch.full(delta.shape[:2], origin, dtype=torch.int64))
     new = replace(state, memory=memory, origins=origins)
     if cfg.is_mplus:
         assert selector_keys is not None, "an M+ update needs the selector's key projection"
@@ -151,11 +149,21 @@ def update(
     return new
 
 
+def keep_and_append(rows: Tensor, kept: Tensor, new: Tensor) -> Tensor:
+    """The memory update rule, [rows[kept] ; new] along the row axis, for every layer at once.
+
+    rows [L, N, d] with kept [L, N - K] and new [L, K, d] (one memory), or with a batch axis after the
+    layer axis, rows [L, B, N, d], kept [L, B, N - K], new [L, B, K, d] (one kept set per episode, as
+    training draws them). A trailing d may be absent (the origins). Differentiable in rows and new.
+    """
+    return torch.cat([_gather_rows(rows, kept), new], dim=kept.dim() - 1)
+
+
 def _gather_rows(x: Tensor, kept: Tensor) -> Tensor:
     index = kept.to(x.device)
-    if x.dim() == 3:
-        index = index[..., None].expand(-1, -1, x.shape[-1])
-    return torch.gather(x, 1, index)
+    if x.dim() == kept.dim() + 1:
+        index = index[..., None].expand(*index.shape, x.shape[-1])
+    return torch.gather(x, kept.dim() - 1, index)
 
 
 def _first_update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, origin: int) -> MemoryState:

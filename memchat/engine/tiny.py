@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,20 +115,38 @@ def write_tiny_checkpoint(
     llama2_style = kind == "memoryllm-7b"
     tiny_tokenizer(folder, llama2_style=llama2_style)
     vocab = _tokenizer(llama2_style).get_vocab_size(with_added_tokens=True)
-    config = _config(kind, vocab, config_overrides)
-    _write_json(folder / "config.json", config)
-    _write_json(folder / "generation_config.json", _generation_config(config, chat=not llama2_style))
-    _write_weights(folder, _weights(config, seed), shards)
+    config = checkpoint_config(kind, vocab, **config_overrides)
+    write_checkpoint(folder, config, _weights(config, seed), generation_config(config, chat=not llama2_style),
+                     shards)
     return folder
+
+
+def write_checkpoint(
+    folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], generation: dict[str, Any],
+    shards: int = 1,
+) -> None:
+    """config.json, generation_config.json and the safetensors weights (official key names) of a checkpoint;
+    the tokenizer files are written apart (`tiny_tokenizer`, `write_tokenizer`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "config.json", config)
+    _write_json(folder / "generation_config.json", generation)
+    _write_weights(folder, tensors, shards)
 
 
 def tiny_tokenizer(folder: Path, *, llama2_style: bool = False) -> None:
     """Write a real byte-level BPE tokenizer (Llama-3 chat conventions, or Llama-2's) into `folder`."""
+    write_tokenizer(folder, _tokenizer_json(llama2_style), llama2_style=llama2_style)
+
+
+def write_tokenizer(folder: Path, tokenizer_json: str, *, llama2_style: bool = False) -> None:
+    """Write a tokenizer (the JSON of a `train_tokenizer` result) with its transformers config files:
+    special tokens, and for the Llama-3 style the chat template."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     specials = LLAMA2_SPECIALS if llama2_style else LLAMA3_SPECIALS
     bos, eos = specials[BOS_ID], specials[EOS_ID]
-    (folder / "tokenizer.json").write_text(_tokenizer_json(llama2_style), encoding="utf-8")
+    (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     special_map = {"bos_token": bos, "eos_token": eos, "pad_token": eos}
     if llama2_style:
         special_map["unk_token"] = specials[0]
@@ -155,18 +173,24 @@ def tiny_tokenizer(folder: Path, *, llama2_style: bool = False) -> None:
 @functools.cache
 def _tokenizer(llama2_style: bool) -> Tokenizer:
     # Trained once per process and style: tests write many checkpoints, and all share the same files.
+    return train_tokenizer(_CORPUS.splitlines(), VOCAB_SIZE, llama2_style=llama2_style)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, *, llama2_style: bool = False) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus` (lines of text): every UTF-8 string round-trips,
+    special tokens take ids 0, 1, 2, ... (bos 1, eos 2), and encoding adds bos as Llama does."""
     specials = LLAMA2_SPECIALS if llama2_style else LLAMA3_SPECIALS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=list(specials),
         # The full byte alphabet makes every UTF-8 string encodable, whatever the corpus holds.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS.splitlines(), trainer)
+    tok.train_from_iterator(corpus, trainer)
     bos = specials[BOS_ID]
     # Like Llama-2/3, encoding adds bos; apply_chat_template encodes without it, as its template has one.
     tok.post_processor = processors.Sequence([
@@ -304,7 +328,8 @@ _DERIVED: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
 }
 
 
-def _config(kind: str, vocab: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_config(kind: str, vocab: int, **overrides: Any) -> dict[str, Any]:
+    """The config.json of a checkpoint of `kind` in the official style, with `overrides` applied."""
     derived = _DERIVED[kind]
     known = {*_BASE_CONFIGS[kind], *derived, "vocab_size"}
     unknown = sorted(set(overrides) - known)
@@ -319,7 +344,7 @@ def _config(kind: str, vocab: int, overrides: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _generation_config(config: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+def generation_config(config: dict[str, Any], *, chat: bool) -> dict[str, Any]:
     ids = {"bos_token_id": config["bos_token_id"], "pad_token_id": config["pad_token_id"]}
     if not chat:
         return {"_from_model_config": True, **ids, "eos_token_id": config["eos_token_id"],

@@ -217,3 +217,17 @@ def test_preset_engine_answers_a_chat_prompt(tmp_path):
     for i in range(3):
         again.inject(again.encode(facts), seed=i, origin=i + 1)
     assert list(again.generate_ids(prompt, greedy)) == ids
+
+
+def test_an_adapter_on_o_proj_is_applied(engine_of):
+    """LoRA may target o_proj too: each adapter must then change the attention output."""
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "inference_mode": False,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    engine = engine_of("memoryllm", lora_config=lora)
+    o_proj = engine.model.layers[0].self_attn.o_proj
+    assert "decoder_adapter" in o_proj.lora_A
+    prompt = random_ids(6, seed=3)
+    before = plain_logits(engine, prompt)
+    with torch.no_grad():
+        o_proj.lora_B["decoder_adapter"].weight.mul_(3.0)
+    assert (plain_logits(engine, prompt) - before).abs().max() > 1e-4

@@ -1,0 +1,298 @@
+"""Knowledge retention, the MemoryLLM paper's protocol, for any model the engine loads.
+
+For each question: inject its context, then D unrelated contexts, ask, and count a hit when the answer
+appears (case-insensitive) in the first tokens of the greedy reply. A control asks the same question of
+the untouched memory. D runs over a list; for one question the distractor sequence is fixed, and the
+question is asked after the first D distractors for each D in turn: the memory after D distractors is
+exactly what a separate run with those D distractors would build, at a fraction of the injections.
+
+It works on the engine alone, from the checkpoint's initial memory state for every question, with
+explicit drop seeds: no journal, no profile, nothing of the user's memory is read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memchat.errors import MemchatError
+
+DEFAULT_DISTANCES = (0, 1, 2, 4, 8, 16, 32, 64)
+DEFAULT_TOKENS = 16
+
+Context = str | dict  # plain text, or a chat turn {"user": ..., "assistant": ...}
+
+
+class EvalError(MemchatError):
+    pass
+
+
+@dataclass(frozen=True)
+class Item:
+    context: Context
+    question: str
+    answer: str
+
+
+@dataclass
+class RetentionResult:
+    n: int
+    distances: list[int]
+    hits: dict[int, int]
+    control_hits: int
+    abstained: int
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def recall(self) -> dict[int, float]:
+        return {d: self.hits[d] / self.n for d in self.distances}
+
+    @property
+    def control(self) -> float:
+        return self.control_hits / self.n
+
+    @property
+    def abstain(self) -> float:
+        return self.abstained / self.n
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recall": {str(d): r for d, r in self.recall.items()},
+            "control": self.control,
+            "abstain": self.abstain,
+            "n": self.n,
+        }
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def _check_context(value: Any, where: str) -> Context:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, dict) and all(isinstance(value.get(k), str) for k in ("user", "assistant")):
+        return {"user": value["user"], "assistant": value["assistant"]}
+    raise EvalError(f"{where}: a context is a non-empty string or an object with 'user' and 'assistant'")
+
+
+def _jsonl(path: Path) -> list[tuple[str, Any]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise EvalError(f"cannot read {path}: {e.strerror or e}") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{number}: not JSON ({e.msg})") from None
+    return out
+
+
+def load_items(path: Path) -> list[Item]:
+    """A JSONL file of {"context": text or {user, assistant}, "question": ..., "answer": ...}."""
+    items = []
+    for where, row in _jsonl(path):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
+            raise EvalError(f"{where}: expected an object with 'context', 'question' and 'answer'")
+        items.append(Item(_check_context(row.get("context"), where), row["question"], row["answer"]))
+    if not items:
+        raise EvalError(f"{path}: no questions")
+    return items
+
+
+def load_contexts(path: Path) -> list[Context]:
+    """Distractor contexts: a .jsonl file (each line a string, {user, assistant}, or an object with
+    "context" or "text"), or a text file (paragraphs separated by blank lines; else one per line)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        out = []
+        for where, row in _jsonl(path):
+            if isinstance(row, dict) and ("context" in row or "text" in row):
+                row = row.get("context", row.get("text"))
+            out.append(_check_context(row, where))
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise EvalError(f"cannot read {path}: {e.strerror or e}") from None
+        parts = [p.strip() for p in text.split("\n\n")]
+        if sum(1 for p in parts if p) <= 1:
+            parts = [line.strip() for line in text.splitlines()]
+        out = [p for p in parts if p]
+    if not out:
+        raise EvalError(f"{path}: no contexts")
+    return out
+
+
+def builtin_items(n: int, seed: int) -> list[Item]:
+    """memchat-nano's held-out set: facts with values never used in training, one relation after another."""
+    from memchat.train.domain import HELDOUT, Domain
+
+    return [Item(i["context"], i["question"], i["answer"]) for i in Domain(HELDOUT).items(n, seed)]
+
+
+def builtin_distractors(n: int, seed: int) -> list[Context]:
+    from memchat.train.domain import Domain
+
+    return list(Domain().distractor_contexts(n, seed))
+
+
+def abstain_markers() -> tuple[str, ...]:
+    from memchat.train.domain import ABSTAIN_MARKERS
+
+    return ABSTAIN_MARKERS
+
+
+# --- the protocol -------------------------------------------------------------------------------------
+
+
+def injection_seed(seed: int, question: int, position: int) -> int:
+    digest = hashlib.sha256(f"retention:{seed}:{question}:{position}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def context_chunks(engine, context: Context) -> list[list[int]]:
+    """Token ids of a context as memchat injects it: a chat turn in the model's own turn format, cut
+    into injections no longer than the model takes."""
+    from memchat.service.chunk import chunk_text
+
+    tokenizer = engine.tokenizer
+    if not isinstance(context, str):
+        context = tokenizer.format_turn(context["user"], context["assistant"])
+    text = context
+    return [engine.encode(c) for c in chunk_text(text, tokenizer.offsets, engine.config.max_injection_tokens)]
+
+
+def ask(engine, question: str, max_new_tokens: int) -> str:
+    from memchat.engine.generate import Sampling
+
+    prompt = engine.tokenizer.encode_prompt([{"role": "user", "content": question}])
+    ids = list(engine.generate_ids(prompt, Sampling(temperature=0.0, max_new_tokens=max_new_tokens)))
+    return engine.tokenizer.decode(ids)
+
+
+def run_retention(
+    engine,
+    items: Sequence[Item],
+    distractors: Sequence[Context],
+    distances: Sequence[int] = DEFAULT_DISTANCES,
+    seed: int = 0,
+    max_new_tokens: int = DEFAULT_TOKENS,
+    progress: Callable[[int, int], None] | None = None,
+    examples: int = 3,
+) -> RetentionResult:
+    """Run the protocol on `engine` and put its memory state back as it was."""
+    distances = sorted(set(distances))
+    if not items:
+        raise EvalError("no questions to ask")
+    if any(d < 0 for d in distances):
+        raise EvalError("distances must be ≥ 0")
+    longest = distances[-1]
+    markers = abstain_markers()
+    initial = engine.state
+    result = RetentionResult(len(items), distances, dict.fromkeys(distances, 0), 0, 0)
+    total, done = len(items) * (len(distances) + 1), 0
+    try:
+        for q, item in enumerate(items):
+            rng = random.Random(f"retention:{seed}:{q}")
+            pool = [c for c in distractors if c != item.context]
+            if longest and not pool:
+                raise EvalError("no distractor contexts to inject")
+            if len(pool) >= longest:
+                sequence = rng.sample(pool, longest)
+            else:
+                sequence = [rng.choice(pool) for _ in range(longest)]
+            engine.state = initial
+            reply = ask(engine, item.question, max_new_tokens)
+            result.control_hits += _hit(reply, item.answer)
+            result.abstained += any(m in reply.lower() for m in markers)
+            replies = {"control": reply}
+            done += 1
+            if progress:
+                progress(done, total)
+            engine.state = initial
+            position = 0
+            for chunk in context_chunks(engine, item.context):
+                engine.inject(chunk, seed=injection_seed(seed, q, position), origin=position)
+                position += 1
+            injected = 0
+            for d in distances:
+                while injected < d:
+                    for chunk in context_chunks(engine, sequence[injected]):
+                        engine.inject(chunk, seed=injection_seed(seed, q, position), origin=position)
+                        position += 1
+                    injected += 1
+                reply = ask(engine, item.question, max_new_tokens)
+                result.hits[d] += _hit(reply, item.answer)
+                replies[str(d)] = reply
+                done += 1
+                if progress:
+                    progress(done, total)
+            if q < examples:
+                result.examples.append({"question": item.question, "answer": item.answer, "replies": replies})
+    finally:
+        engine.state = initial
+    return result
+
+
+def _hit(reply: str, answer: str) -> bool:
+    return answer.strip().lower() in reply.lower()
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+
+def render_table(console, result: RetentionResult, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("distractors D", justify="right")
+    table.add_column("hits", justify="right")
+    table.add_column("recall", justify="right")
+    for d in result.distances:
+        table.add_row(str(d), f"{result.hits[d]}/{result.n}", f"{result.recall[d]:.2f}")
+    table.add_section()
+    table.add_row("control (no context)", f"{result.control_hits}/{result.n}", f"{result.control:.2f}")
+    table.add_row("control says it does not know", f"{result.abstained}/{result.n}", f"{result.abstain:.2f}")
+    console.print(table)
+    for ex in result.examples:
+        console.print(f"[dim]{ex['question']} → expected {ex['answer']!r}; "
+                      f"D={result.distances[0]}: {ex['replies'][str(result.distances[0])]!r}; "
+                      f"control: {ex['replies']['control']!r}[/]")
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise EvalError("--plot needs matplotlib: pip install 'memchat[plot]'") from None
+
+
+def plot(result: RetentionResult, path: Path, title: str) -> None:
+    """Recall against D (symmetric-log axis, so D=0 shows), with the control as a dashed line."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result.distances, [result.recall[d] for d in result.distances], marker="o", label="recall")
+    ax.axhline(result.control, linestyle="--", color="grey", label="control (no context)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(result.distances, [str(d) for d in result.distances])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("distractor contexts injected after the context (D)")
+    ax.set_ylabel(f"recall (n={result.n})")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,114 @@
+"""`memchat train …`: a typer sub-app the main CLI mounts (`app.add_typer(train_app, name="train")`);
+also runs alone: `python -m memchat.train.cli nano --out DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+train_app = typer.Typer(help="Train memchat's own memory model.", no_args_is_help=True)
+
+
+@train_app.callback()
+def _group() -> None:
+    """Train memchat's own memory model."""
+
+
+@train_app.command("nano")
+def nano_command(
+    out: Annotated[Path, typer.Option(help="Run folder: training state in train/, the model in model/.")],
+    seed: Annotated[int | None, typer.Option(help="Seed of weights and episodes (default 0).")] = None,
+    minutes: Annotated[float | None, typer.Option(help="Stop (saving) after this long; run again to resume.")]
+    = None,
+    steps: Annotated[int | None, typer.Option(help="Length of the schedule (default 16000).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Episodes per step (default 16).")] = None,
+    size: Annotated[str | None, typer.Option(help="nano, or micro for a quick try.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Save every this many steps.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Held-out recall every this many steps.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
+) -> None:
+    """Train memchat-nano on the personal-facts domain, or resume the run in --out. Deterministic for a
+    seed; Ctrl-C saves. The model lands in OUT/model (copy it to assets/memchat-nano to ship it)."""
+    overrides = {
+        k: v
+        for k, v in dict(seed=seed, steps=steps, batch=batch, size=size, lr=lr, save_every=save_every,
+                         eval_every=eval_every).items()
+        if v is not None
+    }
+    train_command(out, overrides, minutes=minutes, threads=threads)
+
+
+def train_command(
+    out: Path, overrides: dict | None = None, minutes: float | None = None, threads: int | None = None,
+    max_steps: int | None = None, show_progress: bool = True,
+):
+    """The command's work, callable without typer; returns the run's RunReport."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from memchat.train.trainer import Trainer, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    console = Console(stderr=True, highlight=False)
+    trainer = Trainer.open(Path(out), overrides=overrides or {})
+    tc = trainer.tc
+    verb = f"resuming at step {trainer.step}" if trainer.step else "starting"
+    console.print(f"{verb}: {tc.size}, seed {tc.seed}, batch {tc.batch}, {tc.steps} steps, "
+                  f"{torch.get_num_threads()} threads → {Path(out) / 'model'}")
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} recall {task.fields[recall]:.2f} D≤{task.fields[top]} "
+                   "{task.fields[rate]:.2f}/s"),
+        TimeElapsedColumn(),
+    )
+    state = {"loss": None, "recall": None}
+    with Progress(*columns, console=console, disable=not show_progress) as bar:
+        task = bar.add_task("training", total=tc.steps, completed=trainer.step, loss=0.0, recall=0.0,
+                            top=trainer.curriculum.top(tc), rate=0.0)
+        start_step = trainer.step
+
+        def on_step(tr, result, distance, seconds):
+            ema = lambda old, new: new if old is None else 0.95 * old + 0.05 * new  # noqa: E731
+            state["loss"] = ema(state["loss"], result.loss)
+            if result.recall is not None:
+                state["recall"] = ema(state["recall"], result.recall)
+            bar.update(task, completed=tr.step, loss=state["loss"], recall=state["recall"] or 0.0,
+                       top=tr.curriculum.top(tc), rate=(tr.step - start_step) / max(seconds, 1e-9))
+
+        def on_eval(tr, held):
+            text = " ".join(f"D{d}:{r:.2f}" for d, r in held.items())
+            bar.console.print(f"step {tr.step}: held-out recall {text}")
+
+        report = train(trainer, minutes=minutes, max_steps=max_steps, on_step=on_step, on_eval=on_eval)
+    rate = report.steps / report.seconds if report.seconds else 0.0
+    first = f"{report.first_loss:.3f}" if report.first_loss is not None else "-"
+    last = f"{report.last_loss:.3f}" if report.last_loss is not None else "-"
+    console.print(f"{report.steps} steps in {report.seconds / 60:.1f} min ({rate:.2f} step/s), now at step "
+                  f"{report.step}/{tc.steps}, curriculum D≤{tc.levels[report.level]}; loss {first} → {last}")
+    console.print(f"model: {Path(out) / 'model'}" + ("" if report.step >= tc.steps else
+                                                      "  (run the same command again to continue)"))
+    return report
+
+
+def main() -> None:
+    import sys
+
+    from memchat.errors import MemchatError
+
+    try:
+        train_app()
+    except MemchatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted (saved)", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The "personal facts" chat domain: a generator of training episodes and of held-out evaluation items.
+
+An episode is a conversation injected turn by turn into memory, then a question: a fact turn
+("I live in Lyon." / "Got it, you live in Lyon."), `distance` distractor turns (chit-chat, or facts
+of other relations), and a question about the fact ("Where do I live?" → "You live in Lyon."). Two
+variants teach the rest of the behaviour: `abstain` (the relation was never told → "I don't know where
+you live. You haven't told me yet.") and `update` (an older value, then a change: "I moved to Paris." →
+"You live in Paris.").
+
+Values are split into a training and a held-out set per pool, once, by a stable hash; a value can be held
+out only if it never occurs in any fixed text of the domain (phrasings, chit-chat) nor inside another
+value, so held-out values never appear in any training episode. Everything is a pure function of the
+`random.Random` passed in, so a seed fixes every episode.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from memchat.train import domain_data as data
+
+TRAIN, HELDOUT = "train", "heldout"
+KINDS = ("recall", "update", "abstain")
+# Pools whose training values are half made-up words, so the model learns to copy rather than recall.
+PSEUDO_POOLS = frozenset({"names", "pets", "cities", "companies", "streets", "cars", "countries"})
+HELDOUT_FRACTION = 0.15
+ABSTAIN_MARKERS = data.ABSTAIN_MARKERS
+
+POOLS: dict[str, list[str]] = {
+    "names": data.FIRST_NAMES,
+    "pets": data.PET_NAMES,
+    "cities": data.CITIES,
+    "countries": data.COUNTRIES,
+    "jobs": data.JOBS,
+    "companies": data.COMPANIES,
+    "colours": data.COLOURS,
+    "foods": data.FOODS,
+    "drinks": data.DRINKS,
+    "fruits": data.FRUITS,
+    "desserts": data.DESSERTS,
+    "sports": data.SPORTS,
+    "music": data.MUSIC,
+    "movie_genres": data.MOVIE_GENRES,
+    "seasons": data.SEASONS,
+    "weekdays": data.WEEKDAYS,
+    "months": data.MONTHS,
+    "animals": data.ANIMALS,
+    "pet_kinds": data.PET_KINDS,
+    "flowers": data.FLOWERS,
+    "allergens": data.ALLERGENS,
+    "instruments": data.INSTRUMENTS,
+    "languages": data.LANGUAGES,
+    "hobbies": data.HOBBIES,
+    "cars": data.CARS,
+    "subjects": data.SUBJECTS,
+    "ages": data.AGES,
+    "streets": data.STREETS,
+    "games": data.GAMES,
+    "coffee_styles": data.COFFEE_STYLES,
+}
+
+
+@dataclass(frozen=True)
+class Relation:
+    key: str
+    pool: str
+    statements: tuple[str, ...]
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]
+    unknown: str  # completes "I don't know ..."
+    changes: tuple[str, ...]  # statements of a new value replacing an old one
+
+
+@dataclass(frozen=True)
+class Turn:
+    user: str
+    assistant: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"user": self.user, "assistant": self.assistant}
+
+
+@dataclass(frozen=True)
+class Episode:
+    turns: tuple[Turn, ...]  # injected in order
+    question: str
+    answer: str  # the reply the model should give
+    value: str | None  # the value asked for; None when it was never told
+    relation: str
+    kind: str
+    fact_turn: int | None  # index of the turn that told the value asked for
+
+    @property
+    def distance(self) -> int:
+        """Turns injected after the fact (for abstain: all of them)."""
+        return len(self.turns) - 1 - (self.fact_turn if self.fact_turn is not None else -1)
+
+
+RELATIONS: tuple[Relation, ...] = tuple(
+    Relation(key, pool, tuple(st), tuple(q), tuple(a), unknown, tuple(ch))
+    for key, pool, st, q, a, unknown, ch in data.RELATIONS
+)
+
+
+def fill(template: str, value: str) -> str:
+    """A phrasing with its value: "{v}" the value, "{a}" its article; the sentence starts upper-case."""
+    article = "an" if value[:1].lower() in "aeiou" else "a"
+    text = template.replace("{a}", article).replace("{v}", value)
+    return text[:1].upper() + text[1:]
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _contains(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(phrase.lower())}(?![\w-])", text.lower()) is not None
+
+
+def fixed_texts() -> list[str]:
+    """Every text of the domain that is not a value: phrasings, acknowledgements, chit-chat."""
+    texts = [t for r in RELATIONS for t in (*r.statements, *r.questions, *r.answers, *r.changes, r.unknown)]
+    texts += [*data.ACKNOWLEDGEMENTS, *data.ECHO_PREFIXES, *data.CHANGE_ACKNOWLEDGEMENTS,
+              *data.UNKNOWN_ANSWERS]
+    texts += [t for pair in data.CHITCHAT for t in pair]
+    for user, assistant, slots in data.CHITCHAT_TEMPLATES:
+        texts += [user, assistant, *slots]
+    return texts
+
+
+def _stable_fraction(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+@functools.cache
+def splits() -> dict[str, dict[str, tuple[str, ...]]]:
+    """{pool: {"train": values, "heldout": values}}: a value is held out when its stable hash says so
+    and it cannot leak into training text (it occurs in no fixed text and inside no other value)."""
+    fixed = " \n ".join(fixed_texts())
+    every_value = [(pool, v) for pool, values in POOLS.items() for v in values]
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for pool, values in POOLS.items():
+        held = []
+        for v in values:
+            if _stable_fraction(f"{pool}:{v}") >= HELDOUT_FRACTION or _contains(fixed, v):
+                continue
+            low = v.lower()
+            if any(low in other.lower() and _contains(other, v) for p, other in every_value
+                   if (p, other) != (pool, v)):
+                continue
+            held.append(v)
+        out[pool] = {TRAIN: tuple(v for v in values if v not in held), HELDOUT: tuple(held)}
+    return out
+
+
+@functools.cache
+def heldout_words() -> frozenset[str]:
+    return frozenset(v.lower() for s in splits().values() for v in s[HELDOUT])
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A made-up name ("Toravi", "Brenmok") that is never a held-out value."""
+    while True:
+        word = "".join(
+            rng.choice(data.ONSETS) + rng.choice(data.VOWELS) + rng.choice(data.CODAS)
+            for _ in range(rng.choice((2, 2, 3)))
+        ).capitalize()
+        if 4 <= len(word) <= 10 and word.lower() not in heldout_words():
+            return word
+
+
+class Domain:
+    """Episodes and evaluation items drawn from the domain; `split` picks the values asked about."""
+
+    def __init__(self, split: str = TRAIN):
+        if split not in (TRAIN, HELDOUT):
+            raise ValueError(f"split must be {TRAIN!r} or {HELDOUT!r}")
+        self.split = split
+        self.values = {pool: s[split] for pool, s in splits().items()}
+        self.train_values = {pool: s[TRAIN] for pool, s in splits().items()}
+        # Held-out episodes ask only about relations that have held-out values.
+        self.asked = tuple(r for r in RELATIONS if self.values[r.pool])
+
+    # --- pieces -----------------------------------------------------------------------------------
+
+    def value(self, rng: random.Random, relation: Relation, avoid: str | None = None) -> str:
+        while True:
+            if self.split == TRAIN and relation.pool in PSEUDO_POOLS and rng.random() < 0.5:
+                v = pseudo_word(rng)
+            else:
+                v = rng.choice(self.values[relation.pool])
+            if v != avoid:
+                return v
+
+    def answer(self, rng: random.Random, relation: Relation, value: str) -> str:
+        return fill(rng.choice(relation.answers), value)
+
+    def unknown_answer(self, rng: random.Random, relation: Relation) -> str:
+        return rng.choice(data.UNKNOWN_ANSWERS).replace("{u}", relation.unknown)
+
+    def fact(self, rng: random.Random, relation: Relation, value: str, change: bool = False) -> Turn:
+        """The user telling a value, and the assistant acknowledging (often echoing) it."""
+        user = fill(rng.choice(relation.changes if change else relation.statements), value)
+        if rng.random() < 0.5:
+            assistant = f"{rng.choice(data.ECHO_PREFIXES)} {_lower_first(self.answer(rng, relation, value))}"
+        else:
+            assistant = rng.choice(data.CHANGE_ACKNOWLEDGEMENTS if change else data.ACKNOWLEDGEMENTS)
+        return Turn(user, assistant)
+
+    def chitchat(self, rng: random.Random) -> Turn:
+        if rng.random() < 0.75:
+            return Turn(*rng.choice(data.CHITCHAT))
+        user, assistant, slots = rng.choice(data.CHITCHAT_TEMPLATES)
+        x = rng.choice(slots)
+        reply = assistant.replace("{X}", x.capitalize()).replace("{x}", x)
+        return Turn(fill(user.replace("{x}", x), ""), reply)
+
+    def distractor(self, rng: random.Random, exclude: Relation | None = None, facts: float = 0.3) -> Turn:
+        """A chit-chat turn, or (with probability `facts`) a fact of another relation (training values)."""
+        if rng.random() >= facts:
+            return self.chitchat(rng)
+        relation = rng.choice([r for r in RELATIONS if r is not exclude])
+        return self.fact(rng, relation, train_domain().value(rng, relation))
+
+    # --- episodes ---------------------------------------------------------------------------------
+
+    def episode(self, rng: random.Random, distance: int, lead: int = 0, kind: str | None = None) -> Episode:
+        """`lead` turns, the fact, then `distance` turns, then the question. kind: recall, update (needs
+        lead ≥ 1: an older value sits in the lead turns) or abstain (lead + 1 + distance distractors)."""
+        if kind is None:
+            kind = rng.choices(KINDS, weights=(0.7, 0.15, 0.15))[0]
+        if kind == "update" and (lead < 1 or not self._changeable()):
+            kind = "recall"
+        pool = self._changeable() if kind == "update" else self.asked
+        relation = rng.choice(pool)
+        turns = [self.distractor(rng, relation) for _ in range(lead + 1 + distance)]
+        question = rng.choice(relation.questions)
+        if kind == "abstain":
+            return Episode(tuple(turns), question, self.unknown_answer(rng, relation), None, relation.key,
+                           kind, None)
+        value = self.value(rng, relation)
+        turns[lead] = self.fact(rng, relation, value, change=kind == "update")
+        if kind == "update":
+            old = train_domain().value(rng, relation, avoid=value)  # a held-out pool may hold one value
+            turns[rng.randrange(lead)] = self.fact(rng, relation, old)
+        return Episode(tuple(turns), question, self.answer(rng, relation, value), value, relation.key, kind,
+                       lead)
+
+    def _changeable(self) -> tuple[Relation, ...]:
+        return tuple(r for r in self.asked if r.changes)
+
+    # --- evaluation items and tokenizer text --------------------------------------------------------
+
+    def items(self, n: int, seed: int) -> list[dict]:
+        """n retention items {context: {user, assistant}, question, answer: the value}, one relation
+        after another so a small n still covers many relations."""
+        rng = random.Random(f"items:{self.split}:{seed}")
+        order = list(self.asked)
+        rng.shuffle(order)
+        out = []
+        for i in range(n):
+            relation = order[i % len(order)]
+            value = self.value(rng, relation)
+            out.append({"context": self.fact(rng, relation, value).as_dict(),
+                        "question": rng.choice(relation.questions), "answer": value})
+        return out
+
+    def distractor_contexts(self, n: int, seed: int) -> list[dict]:
+        """n chit-chat turns {user, assistant}: contexts unrelated to any fact."""
+        rng = random.Random(f"distractors:{seed}")
+        return [self.chitchat(rng).as_dict() for _ in range(n)]
+
+    def corpus(self, episodes: int, seed: int) -> Iterator[str]:
+        """Lines of text to train the tokenizer on: every phrasing and many values (training split)."""
+        rng = random.Random(f"corpus:{seed}")
+        yield from fixed_texts()
+        for values in self.train_values.values():
+            yield " ".join(values)
+        for _ in range(episodes):
+            ep = self.episode(rng, distance=rng.randrange(3), lead=rng.randrange(2))
+            for turn in ep.turns:
+                yield turn.user
+                yield turn.assistant
+            yield ep.question
+            yield ep.answer
+
+
+@functools.cache
+def train_domain() -> Domain:
+    return Domain(TRAIN)

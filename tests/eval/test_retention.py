@@ -1,0 +1,177 @@
+"""`memchat eval retention`: the protocol's counting, its data files, the command end to end on the
+tiny preset, and the nano preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from memchat.config import load_config
+from memchat.engine.load import LoadError, nano_candidates, presets, resolve
+from memchat.eval.cli import eval_app, parse_distances
+from memchat.eval.retention import (
+    EvalError,
+    Item,
+    load_contexts,
+    load_items,
+    plot,
+    run_retention,
+)
+
+torch.set_num_threads(1)
+
+
+class FakeTokenizer:
+    has_chat_template = True
+
+    def format_turn(self, user: str, assistant: str) -> str:
+        return f"<{user}|{assistant}>"
+
+    def offsets(self, text: str):
+        return [(i, i + 1) for i in range(len(text))]
+
+    def encode_prompt(self, messages):
+        return messages[-1]["content"]
+
+    def decode(self, ids):
+        return "".join(ids)
+
+
+class FakeConfig:
+    max_injection_tokens = 10_000
+
+
+class FakeEngine:
+    """Remembers an injected fact until two more contexts were injected after it."""
+
+    def __init__(self):
+        self.tokenizer, self.config = FakeTokenizer(), FakeConfig()
+        self.state = ()
+        self.seeds = []
+
+    def encode(self, text: str):
+        return text
+
+    def inject(self, text, seed: int, origin: int = 0) -> None:
+        self.seeds.append(seed)
+        self.state = (*self.state, text)  # a new state object, as the engine's update builds
+
+    def generate_ids(self, question, sampling):
+        assert sampling.temperature == 0
+        for fact in reversed(self.state[-3:]):
+            if "Lyon" in fact and question.startswith("Where"):
+                return "You live in LYON."
+        return "I don't know where you live."
+
+
+def test_run_retention_counts_hits_control_and_abstain():
+    engine = FakeEngine()
+    items = [Item({"user": "I live in Lyon.", "assistant": "Got it."}, "Where do I live?", "lyon")] * 3
+    result = run_retention(engine, items, ["chit", "chat", "more chat"], distances=[4, 0, 1, 2], seed=5)
+    assert result.distances == [0, 1, 2, 4]
+    assert result.recall == {0: 1.0, 1: 1.0, 2: 1.0, 4: 0.0}  # case-insensitive; forgotten after 2
+    assert (result.control, result.abstain, result.n) == (0.0, 1.0, 3)
+    assert engine.state == ()  # put back as it was
+    assert json.loads(json.dumps(result.to_json())) == {
+        "recall": {"0": 1.0, "1": 1.0, "2": 1.0, "4": 0.0}, "control": 0.0, "abstain": 1.0, "n": 3}
+    seeds = engine.seeds
+    run_retention(FakeEngine(), items, ["chit", "chat", "more chat"], distances=[0, 1, 2, 4], seed=5)
+    assert len(set(seeds)) == len(seeds)  # a fresh drop seed per injection ...
+    other = FakeEngine()
+    run_retention(other, items, ["chit", "chat", "more chat"], distances=[0, 1, 2, 4], seed=5)
+    assert other.seeds == seeds  # ... fixed by --seed
+
+
+def test_data_files(tmp_path):
+    items = tmp_path / "qa.jsonl"
+    rows = [{"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"},
+            {"context": {"user": "I live in Oslo.", "assistant": "Ok."}, "question": "Where?",
+             "answer": "Oslo"}]
+    items.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")
+    loaded = load_items(items)
+    assert [i.answer for i in loaded] == ["France", "Oslo"] and loaded[1].context["user"] == "I live in Oslo."
+    text = tmp_path / "d.txt"
+    text.write_text("First paragraph\nstill first.\n\nSecond one.\n")
+    assert load_contexts(text) == ["First paragraph\nstill first.", "Second one."]
+    text.write_text("line one\nline two\n")
+    assert load_contexts(text) == ["line one", "line two"]
+    ctx = tmp_path / "d.jsonl"
+    ctx.write_text('"plain"\n{"text": "t"}\n{"user": "u", "assistant": "a"}\n')
+    assert load_contexts(ctx) == ["plain", "t", {"user": "u", "assistant": "a"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "c", "question": "q"}\n')
+    with pytest.raises(EvalError, match="bad.jsonl:1"):
+        load_items(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(EvalError, match="not JSON"):
+        load_items(bad)
+    assert parse_distances("0, 4,16") == [0, 4, 16]
+    with pytest.raises(EvalError):
+        parse_distances("1,x")
+
+
+def test_plot_writes_a_png_or_says_what_is_missing(tmp_path):
+    from memchat.eval.retention import RetentionResult
+
+    result = RetentionResult(4, [0, 1, 8], {0: 4, 1: 3, 8: 1}, 0, 2)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(EvalError, match=r"pip install 'memchat\[plot\]'"):
+            plot(result, tmp_path / "r.png", "t")
+    else:
+        plot(result, tmp_path / "r.png", "t")
+        assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _invoke(home: Path, *args: str):
+    # What the main CLI hands its sub-commands: the settings, here `memchat --home HOME --model tiny`.
+    config = load_config({"model": "tiny"}, environ={}, home=home)
+    result = CliRunner().invoke(eval_app, ["retention", *args], obj={"config": config})
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def test_eval_retention_json_on_the_tiny_preset(tmp_path):
+    result = _invoke(tmp_path, "--n", "4", "--d", "0,1", "--json")
+    line = [x for x in result.stdout.splitlines() if x.startswith("{")][-1]
+    data = json.loads(line)
+    assert set(data) == {"recall", "control", "abstain", "n"}
+    assert data["n"] == 4 and set(data["recall"]) == {"0", "1"}
+    assert all(0.0 <= v <= 1.0 for v in [*data["recall"].values(), data["control"], data["abstain"]])
+    # It used the model only: no memory (journal, state) was created under --home.
+    assert not (tmp_path / "profiles").exists()
+
+
+def test_eval_retention_table_with_own_data(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    rows = [{"context": f"Fact number {i} is {w}.", "question": f"What is fact {i}?", "answer": w}
+            for i, w in enumerate(["apple", "river", "candle"])]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _invoke(tmp_path, "--data", str(data), "--n", "2", "--d", "0,2")
+    assert "control (no context)" in result.stdout and "/2" in result.stdout
+
+
+def test_nano_preset(monkeypatch, tmp_path):
+    assert "nano" in presets()
+    shipped = nano_candidates()[0]
+    if (shipped / "config.json").is_file():
+        assert resolve("nano") == shipped
+    monkeypatch.setattr("memchat.engine.load.nano_candidates", lambda: [tmp_path / "none"])
+    with pytest.raises(LoadError, match="memchat train nano"):
+        resolve("nano")
+
+
+def test_the_shipped_nano_model_loads():
+    folder = nano_candidates()[0]
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"{folder} is not there (the trained model is not shipped yet)")
+    from memchat.engine.engine import Engine
+
+    engine = Engine.load("nano", device="cpu")
+    assert engine.folder == folder and engine.tokenizer.has_chat_template
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 25 * 2**20

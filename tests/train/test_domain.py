@@ -1,0 +1,137 @@
+"""The personal-facts domain: deterministic episodes, a held-out split that never leaks, varied phrasings."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from memchat.train.domain import (
+    ABSTAIN_MARKERS,
+    HELDOUT,
+    RELATIONS,
+    TRAIN,
+    Domain,
+    pseudo_word,
+    splits,
+)
+
+
+def _texts(episode) -> list[str]:
+    turns = [t for turn in episode.turns for t in (turn.user, turn.assistant)]
+    return [*turns, episode.question, episode.answer]
+
+
+def _heldout_pattern() -> re.Pattern:
+    held = sorted({v.lower() for s in splits().values() for v in s[HELDOUT]}, key=len, reverse=True)
+    return re.compile(r"(?<![\w-])(" + "|".join(re.escape(v) for v in held) + r")(?![\w-])")
+
+
+def _episodes(domain: Domain, seed: int, count: int) -> list:
+    rng = random.Random(seed)
+    return [domain.episode(rng, distance=rng.randrange(6), lead=rng.randrange(3)) for _ in range(count)]
+
+
+def test_episodes_are_deterministic_for_a_seed():
+    domain = Domain()
+    assert _episodes(domain, 7, 50) == _episodes(domain, 7, 50)
+    assert _episodes(domain, 7, 50) != _episodes(domain, 8, 50)
+
+
+def test_heldout_values_never_appear_in_training_text():
+    held = _heldout_pattern()
+    domain = Domain(TRAIN)
+    texts = [text for ep in _episodes(domain, 1, 3000) for text in _texts(ep)]
+    leaks = [m.group(0) for text in texts if (m := held.search(text.lower()))]
+    assert leaks == []
+    corpus = [m.group(0) for line in domain.corpus(500, seed=3) if (m := held.search(line.lower()))]
+    assert corpus == []
+    # ... and the check is not vacuous: held-out episodes do contain them.
+    heldout_eps = _episodes(Domain(HELDOUT), 1, 50)
+    assert all(held.search(ep.answer.lower()) for ep in heldout_eps if ep.value is not None)
+
+
+def test_heldout_split_is_sizeable_and_disjoint():
+    total = 0
+    for pool, split in splits().items():
+        assert not set(split[TRAIN]) & set(split[HELDOUT]), pool
+        total += len(split[HELDOUT])
+    assert total >= 100
+    assert len(Domain(HELDOUT).asked) >= 25
+
+
+def test_heldout_episodes_ask_only_heldout_values():
+    held = {v for s in splits().values() for v in s[HELDOUT]}
+    episodes = [ep for ep in _episodes(Domain(HELDOUT), 2, 300) if ep.value is not None]
+    assert episodes and all(ep.value in held for ep in episodes)
+
+
+def test_pseudo_words_are_made_up_and_never_heldout():
+    rng = random.Random(0)
+    words = [pseudo_word(rng) for _ in range(2000)]
+    held = {v.lower() for s in splits().values() for v in s[HELDOUT]}
+    assert not held & {w.lower() for w in words}
+    assert len(set(words)) > 1500  # an endless supply of names to copy
+
+
+def test_phrasings_vary():
+    assert len(RELATIONS) >= 35
+    assert all(len(r.statements) >= 2 and len(r.questions) >= 2 and len(r.answers) >= 2 for r in RELATIONS)
+    episodes = _episodes(Domain(), 4, 2000)
+    questions = Counter(ep.question for ep in episodes)
+    assert len(questions) >= 80
+    assert max(questions.values()) < 0.05 * len(episodes)
+    city = [ep for ep in episodes if ep.relation == "city" and ep.kind == "recall"]
+    assert len({ep.turns[ep.fact_turn].user.replace(ep.value, "V") for ep in city}) >= 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_episode_kinds(seed):
+    rng = random.Random(seed)
+    domain = Domain()
+    seen = set()
+    for _ in range(200):
+        distance, lead = rng.randrange(4), rng.randrange(1, 3)
+        ep = domain.episode(rng, distance=distance, lead=lead)
+        seen.add(ep.kind)
+        assert len(ep.turns) == lead + 1 + distance
+        if ep.kind == "abstain":
+            assert ep.value is None and ep.fact_turn is None
+            assert any(m in ep.answer.lower() for m in ABSTAIN_MARKERS)
+            continue
+        assert ep.fact_turn == lead and ep.distance == distance
+        assert ep.value.lower() in ep.turns[lead].user.lower() and ep.value in ep.answer
+        assert not any(m in ep.answer.lower() for m in ABSTAIN_MARKERS)
+        if ep.kind == "update":
+            relation = next(r for r in RELATIONS if r.key == ep.relation)
+            assert _told(relation.changes, ep.turns[lead].user) == ep.value
+            # An older, different value of the same relation was told earlier.
+            older = [v for t in ep.turns[:lead] if (v := _told(relation.statements, t.user))]
+            assert older and ep.value not in older
+    assert seen == {"recall", "update", "abstain"}
+
+
+def _told(templates, text: str) -> str | None:
+    """The value `text` tells if it is one of `templates` filled in, else None."""
+    for template in templates:
+        pattern = re.escape(template).replace(re.escape("{v}"), "(.+)").replace(re.escape("{a}"), "(?:a|an)")
+        if m := re.fullmatch(pattern, text, flags=re.IGNORECASE):
+            return m.group(1)
+    return None
+
+
+def test_update_needs_a_lead_turn():
+    rng = random.Random(0)
+    ep = Domain().episode(rng, distance=2, lead=0, kind="update")
+    assert ep.kind == "recall"
+
+
+def test_items_cover_relations_and_use_heldout_values():
+    items = Domain(HELDOUT).items(40, seed=0)
+    held = {v for s in splits().values() for v in s[HELDOUT]}
+    assert len(items) == 40 and all(i["answer"] in held for i in items)
+    assert all(i["answer"].lower() in i["context"]["user"].lower() for i in items)
+    assert len({i["question"] for i in items}) >= 25
+    assert Domain(HELDOUT).items(40, seed=0) == items

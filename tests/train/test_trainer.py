@@ -1,0 +1,242 @@
+"""The training loop on a micro model: batching equals the engine's one-at-a-time path, the loss falls,
+gradients reach the injection path, and save → resume continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from memchat.engine.engine import Engine
+from memchat.engine.model import KVCache
+from memchat.engine.state import MemoryState, keep_and_append, update
+from memchat.train.domain import Domain
+from memchat.train.trainer import (
+    Curriculum,
+    TrainConfig,
+    TrainError,
+    _domain,
+    episode_memory,
+    episode_prefix,
+    inject_turns,
+    make_batch,
+    random_kept,
+    run_batch,
+    sample_batch,
+    train,
+)
+
+
+def _batch(trainer, step=3, distance=2, batch=4, kind=None):
+    domain = _domain("train")
+    return sample_batch(domain, trainer.encoder, trainer.cfg, trainer.tc, 0, step, distance, batch, kind)
+
+
+def test_keep_and_append_batched_equals_one_memory_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    L, B, N, K, d = 3, 5, 16, 4, 8
+    rows, new = torch.randn(L, B, N, d, generator=g), torch.randn(L, B, K, d, generator=g)
+    kept = torch.rand(L, B, N, generator=g).argsort(-1)[..., : N - K].sort(-1).values
+    batched = keep_and_append(rows, kept, new)
+    for b in range(B):
+        assert torch.equal(batched[:, b], keep_and_append(rows[:, b], kept[:, b], new[:, b]))
+        # the single-memory form is the engine's update rule, row for row
+        by_layer = [torch.cat([rows[i, b][kept[i, b]], new[i, b]]) for i in range(L)]
+        assert torch.equal(batched[:, b], torch.stack(by_layer))
+
+
+def test_random_kept_rows(make_trainer, tmp_path):
+    cfg = make_trainer(tmp_path).cfg
+    kept = random_kept(cfg, (6, 3), torch.Generator().manual_seed(1))
+    N, K = cfg.memory_rows, cfg.num_tokens
+    assert kept.shape == (6, cfg.num_layers, 3, N - K)
+    assert (kept.diff(dim=-1) > 0).all() and kept.min() >= 0 and kept.max() < N
+    assert not torch.equal(kept[0, 0, 0], kept[0, 1, 0])  # per layer
+    assert not torch.equal(kept[0, 0, 0], kept[0, 0, 1])  # per episode
+
+
+def test_batched_training_memory_equals_the_engine_updating_each_episode(make_trainer, tmp_path):
+    """Ragged batched injections plus the label trick give, per episode, the memory that the engine's
+    own `update` builds injecting that episode's turns one by one (same kept rows)."""
+    trainer = make_trainer(tmp_path)
+    model, cfg, memory0 = trainer.model, trainer.cfg, trainer.memory.detach()
+    batch = _batch(trainer, distance=3)
+    lengths = torch.stack([lengths for _, lengths in batch.turns])
+    assert len(set(lengths.flatten().tolist())) > 1  # really ragged
+    with torch.no_grad():
+        source, deltas = inject_turns(model, memory0, batch)
+        batched = episode_memory(memory0, source, deltas)
+        for b in range(batch.inputs.shape[0]):
+            state = MemoryState(memory0, torch.zeros(memory0.shape[:2], dtype=torch.long))
+            for t, (ids, lengths) in enumerate(batch.turns):
+                delta = model.inject(ids[b : b + 1, : lengths[b]], state.memory.unsqueeze(1), True)[:, 0]
+                state = update(cfg, state, delta, batch.kept[t][:, b], origin=t)
+            torch.testing.assert_close(batched[:, b], state.memory, rtol=1e-5, atol=1e-6)
+
+
+def test_episode_prefix_equals_fill_prefix(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    model, cfg, memory0 = trainer.model, trainer.cfg, trainer.memory.detach()
+    batch = _batch(trainer, distance=2)
+    B = batch.inputs.shape[0]
+    with torch.no_grad():
+        source, deltas = inject_turns(model, memory0, batch)
+        fast = KVCache(cfg, cfg.prefix_rows + 4, model.dtype, model.device, batch=B)
+        model.write_prefix(fast, episode_prefix(model, memory0, source, deltas))
+        plain = KVCache(cfg, cfg.prefix_rows + 4, model.dtype, model.device, batch=B)
+        model.fill_prefix(plain, episode_memory(memory0, source, deltas))
+    for layer in range(cfg.num_layers):
+        torch.testing.assert_close(fast.k[layer], plain.k[layer], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast.v[layer], plain.v[layer], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_targets_are_the_answer_and_the_recent_turns(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    enc = trainer.encoder
+    episodes = [Domain().episode(random.Random(i), distance=3, lead=1, kind="recall") for i in range(3)]
+    batch = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=1, window=2, g=torch.Generator())
+    assert batch.distance == 3 and batch.grad_turns == {1, 4} and len(batch.turns) == 5
+    for b, ep in enumerate(episodes):
+        assert enc.decode(batch.targets[b][batch.answer[b]].tolist()) == ep.answer
+        assert batch.targets[b][batch.answer[b]][-1] == enc.eot  # the reply ends the turn
+        shown = enc.decode(batch.targets[b][batch.turn_tokens[b]].tolist())
+        assert ep.turns[-1].assistant in shown and ep.turns[-2].assistant in shown
+        assert ep.turns[1].user not in shown  # the fact is asked from memory, never shown
+        # the question itself is prompt, not target
+        assert not (batch.answer[b] & batch.turn_tokens[b]).any()
+
+
+def test_batches_are_a_function_of_seed_and_step(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    a, b, c = _batch(trainer, step=5), _batch(trainer, step=5), _batch(trainer, step=6)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.kept, b.kept)
+    assert not torch.equal(a.kept, c.kept)
+
+
+def test_a_few_steps_on_a_fixed_batch_reduce_its_loss(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, lr=3e-3)
+    batch = _batch(trainer, distance=1)
+    losses = []
+    for _ in range(12):
+        trainer.optimizer.zero_grad()
+        loss, _ = run_batch(trainer.model, trainer.memory, batch, trainer.tc)
+        loss.backward()
+        trainer.optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _adapter_grads(trainer, batch) -> dict[str, float]:
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss, _ = run_batch(trainer.model, trainer.memory, batch, trainer.tc)
+    loss.backward()
+    out = {}
+    for name, p in trainer.model.named_parameters():
+        if ".lora_B.default" in name or name == "new_memory_positional_emb":
+            out[name] = 0.0 if p.grad is None else p.grad.abs().sum().item()
+    return out
+
+
+def test_the_answer_loss_reaches_the_injection_path(make_trainer, tmp_path):
+    # No prompt window: the only loss is the answer's, read from memory by the decoder adapter.
+    trainer = make_trainer(tmp_path, lm_weight=0.0)
+    batch = _batch(trainer, distance=3, kind="recall")
+    grads = _adapter_grads(trainer, batch)
+    # `default` (the injection adapter) and the positional embedding only act when memory is written.
+    assert all(g > 0 for g in grads.values()), grads
+    # Control: with every injection outside the graph, nothing reaches them.
+    detached = _adapter_grads(trainer, type(batch)(**{**batch.__dict__, "grad_turns": frozenset()}))
+    assert all(g == 0 for g in detached.values()), detached
+
+
+def _weights(trainer) -> dict[str, torch.Tensor]:
+    out = {f"param/{n}": p.detach().clone() for n, p in trainer.model.named_parameters()}
+    out["memory"] = trainer.memory.detach().clone()
+    named = {**dict(trainer.model.named_parameters()), "memory": trainer.memory}
+    for n, p in named.items():
+        for k, v in trainer.optimizer.state[p].items():
+            out[f"adam/{n}/{k}"] = v.clone()
+    return out
+
+
+def test_checkpoint_and_resume_continue_bit_identically(make_trainer, tmp_path):
+    settings = dict(levels=(0, 1), advance_at=0.0, level_min_steps=2)  # the curriculum moves too
+    straight = make_trainer(tmp_path / "a", **settings)
+    train(straight, max_steps=6)
+    first = make_trainer(tmp_path / "b", **settings)
+    train(first, max_steps=3)
+    resumed = make_trainer(tmp_path / "b", **settings)
+    assert resumed.step == 3 and resumed is not first
+    train(resumed, max_steps=3)
+    assert resumed.step == straight.step == 6
+    assert resumed.curriculum == straight.curriculum and straight.curriculum.level == 1
+    a, b = _weights(straight), _weights(resumed)
+    assert sorted(a) == sorted(b) and any(k.startswith("adam/") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and the run really trained: it is not the fresh model
+    fresh = _weights(make_trainer(tmp_path / "c", **settings))
+    assert not torch.equal(fresh["memory"], a["memory"])
+
+
+def test_resume_refuses_other_settings(make_trainer, tmp_path):
+    train(make_trainer(tmp_path), max_steps=1)
+    from memchat.train.trainer import Trainer
+
+    with pytest.raises(TrainError, match="batch=2"):
+        Trainer.open(tmp_path, overrides={"batch": 2})
+    assert Trainer.open(tmp_path, overrides={"steps": 5000}).tc.steps == 5000
+
+
+def test_the_exported_model_is_what_the_engine_loads(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    train(trainer, max_steps=2)
+    folder = tmp_path / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["memchat"]["steps"] == 2 and config["num_blocks"] * config["num_tokens"] == 32
+    engine = Engine.load(folder, device="cpu")
+    loaded = dict(engine.model.named_parameters())
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(loaded[name], p.detach()), name
+    assert torch.equal(engine.state.memory, trainer.memory.detach())
+    # The engine, given a memory the trainer built, answers with the training forward's logits.
+    batch = _batch(trainer, distance=1, batch=1)
+    with torch.no_grad():
+        memory = episode_memory(trainer.memory, *inject_turns(trainer.model, trainer.memory, batch))
+        cache = KVCache(trainer.cfg, trainer.cfg.prefix_rows + batch.inputs.shape[1], torch.float32, "cpu")
+        trainer.model.fill_prefix(cache, memory)
+        want = trainer.model(batch.inputs, cache)
+        origins = torch.zeros(memory.shape[0], memory.shape[2], dtype=torch.long)
+        engine.state = MemoryState(memory[:, 0], origins)
+        got = engine.model(batch.inputs, engine.cache())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_curriculum_advances_only_on_recall_at_the_top_distance():
+    tc = TrainConfig(levels=(0, 2, 4), advance_at=0.5, level_min_steps=3)
+    c = Curriculum()
+    for _ in range(20):
+        c.observe(tc, 1, 1.0)  # not the top distance: ignored
+        c.observe(tc, 0, None)  # no recall episodes: ignored
+    assert c.level == 0
+    for _ in range(10):
+        c.observe(tc, 0, 1.0)
+    assert c.level == 1 and c.top(tc) == 2
+    # A level the model does not master in level_max_steps steps opens the next one anyway.
+    stuck = Curriculum()
+    tc = TrainConfig(levels=(0, 2, 4), advance_at=0.5, level_min_steps=3, level_max_steps=10)
+    for _ in range(9):
+        stuck.observe(tc, 0, 0.0)
+    assert stuck.level == 0
+    stuck.observe(tc, 0, 0.0)
+    assert stuck.level == 1
+    rng = random.Random(0)
+    assert {c.sample(rng, tc) for _ in range(200)} == {0, 1, 2}
+
+
+def test_domain_has_no_global_random_state():
+    state = random.getstate()
+    Domain().episode(random.Random(1), 3, 1)
+    assert random.getstate() == state
