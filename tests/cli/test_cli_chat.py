@@ -31,8 +31,8 @@ def memchat(home: Path, *args: str, input: str = "", **extra: str) -> subprocess
     )
 
 
-def stats(home: Path) -> dict:
-    return json.loads(memchat(home, "memory", "stats", "--json").stdout)
+def stats(home: Path, **extra: str) -> dict:
+    return json.loads(memchat(home, "memory", "stats", "--json", **extra).stdout)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +67,20 @@ def test_ask_streams_the_answer_and_remembers_the_exchange_unless_told_not_to(tm
     assert piped.returncode == 0 and piped.stdout.strip(), piped.stderr
     assert stats(home)["injections"] == 2
     assert "Kiwi" in memchat(home, "memory", "log", "--search", "Kiwi").stdout
+
+
+@pytest.mark.parametrize("model", ["tiny-7b", "tiny-mplus"])
+def test_the_other_model_families_chat_remember_and_forget(tmp_path, model):
+    """MemoryLLM-7B (no chat template: Question/Answer prompts) and M+ through ask, log and forget."""
+    home = tmp_path / "home"
+    turn = memchat(home, "ask", "My bird is called Kiwi and she sings every morning.", "--temperature", "0",
+                   "--max-new-tokens", "8", MEMCHAT_MODEL=model)
+    assert turn.returncode == 0 and turn.stdout.strip(), turn.stderr
+    log = memchat(home, "memory", "log", "--search", "Kiwi", MEMCHAT_MODEL=model).stdout
+    assert "Kiwi" in log and ("Question:" in log) == (model == "tiny-7b"), log
+    forget = memchat(home, "forget", "--source", "chat", "--yes", MEMCHAT_MODEL=model)
+    assert forget.returncode == 0, forget.stderr
+    assert stats(home, MEMCHAT_MODEL=model)["injections"] == 0
 
 
 def test_ask_without_a_question_or_with_bad_settings_is_one_line(tmp_path):
