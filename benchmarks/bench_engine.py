@@ -12,11 +12,11 @@ at full memory; injection tokens/s; peak GPU memory. The last line is one JSON o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+from _report import print_figures
 
 from memchat.engine.config import MemoryConfig
 from memchat.engine.engine import Engine
@@ -198,11 +198,7 @@ def main() -> None:
     device = torch.device(args.device)
     quant = check_mode(args.quant or default_mode(device))
     figures = run(args.config, device, quant, args.repeats)
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else value
-        print(f"{key:<{width}}  {shown}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import print_figures
 
 from memchat.engine.tiny import write_tiny_checkpoint
 from memchat.service.memory import FORGOTTEN_KEY, Memory, Options, derive_seed, memory_digest, memory_layout
@@ -439,11 +440,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     figures["total_s"] = time.perf_counter() - started
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else value
-        print(f"{key:<{width}}  {shown}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,19 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
+def _update_rows(db: sqlite3.Connection, ids: Sequence[int], assignments: str, condition: str) -> int:
+    """`UPDATE … SET assignments WHERE condition` for `ids`, in statements of bounded size; the one `?`
+    in `assignments` is the current time. Returns how many rows changed."""
+    now = time.time()
+    changed = 0
+    for part in _chunks(ids):
+        changed += db.execute(
+            f"UPDATE injections SET {assignments} WHERE {condition} AND id IN ({', '.join('?' * len(part))})",
+            (now, *part),
+        ).rowcount
+    return changed
+
+
 _FILTERS = {"since": "created_at >= ?", "until": "created_at < ?", "source": "source_name = ?",
             "source_kind": "source_kind = ?"}
 
@@ -377,16 +390,8 @@ class Journal:
 
     def mark_applied(self, ids: Iterable[int]) -> int:
         """Pending -> applied; forgotten rows stay forgotten. Returns how many rows changed."""
-        ids = list(ids)
-        now = time.time()
-        changed = 0
         with self._write() as db:
-            for part in _chunks(ids):
-                changed += db.execute(
-                    f"UPDATE injections SET status = 'applied', applied_at = ? "
-                    f"WHERE status = 'pending' AND id IN ({', '.join('?' * len(part))})", (now, *part)
-                ).rowcount
-        return changed
+            return _update_rows(db, list(ids), "status = 'applied', applied_at = ?", "status = 'pending'")
 
     def select_ids(self, *, since: float | None = None, until: float | None = None,
                    source: str | None = None, source_kind: str | None = None) -> list[int]:
@@ -406,16 +411,10 @@ class Journal:
         truncated. If another process is reading at that moment the truncation waits up to the busy
         timeout; `checkpoint()` can be retried, and closing the last connection does it too.
         """
-        ids = sorted(set(ids))
-        now = time.time()
-        changed = 0
         with self._write() as db:
-            for part in _chunks(ids):
-                changed += db.execute(
-                    f"UPDATE injections SET status = 'forgotten', forgotten_at = ?, text = '', "
-                    f"chunk_sha256 = '' WHERE status != 'forgotten' AND id IN ({', '.join('?' * len(part))})",
-                    (now, *part),
-                ).rowcount
+            changed = _update_rows(db, sorted(set(ids)),
+                                   "status = 'forgotten', forgotten_at = ?, text = '', chunk_sha256 = ''",
+                                   "status != 'forgotten'")
             if changed:
                 db.execute("INSERT INTO injections_fts (injections_fts) VALUES ('optimize')")
         if changed:
