@@ -384,7 +384,10 @@ class Memory:
         if not ids:
             return 0
         self.snapshots.invalidate_from(ids[0])
+        files = {row.source_name for row in map(self.journal.get, ids) if row and row.source_kind == "file"}
         forgotten = self.journal.forget(ids)
+        for path in files:  # so a later ingest of the file injects it again
+            self.journal.remove_file(path)
         self.engine.state = self._base_before(ids[0])
         rows = list(self.journal.rows(self.upto, LIVE))
         self._replay(rows, progress)

@@ -167,3 +167,15 @@ def test_export_then_import_into_another_profile(tmp_path):
     assert copy["memory_digest"] == digest and copy["injections"] == 4
     again = memchat(home, "--profile", "copy", "memory", "import", str(tmp_path / "m.tar"), check=False)
     assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_a_forgotten_file_is_ingested_again(tmp_path):
+    home, notes = tmp_path / "home", write_notes(tmp_path / "notes", {"a.md": NOTES["a.md"]})
+    memchat(home, "ingest", str(notes))
+    source = str((notes / "a.md").resolve())
+    memchat(home, "forget", "--source", source, "--yes")
+    assert stats(home)["injections"] == 0
+    again = memchat(home, "ingest", str(notes))
+    assert "from 1 files" in again.stdout, again.stdout
+    assert stats(home)["injections"] == 1
+
