@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -115,8 +116,18 @@ def render_log(
     table = Table("id", "time", "source", "tokens", "status", "text")
     for row, text in found:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created_at))
-        preview = escape(" ".join(text.split())[:160]) if text else "[dim](forgotten)[/]"
+        preview = escape(readable(text)[:160]) if text else "[dim](forgotten)[/]"
         table.add_row(
             str(row.id), when, row.source_name or row.source_kind, str(row.token_count), row.status, preview
         )
     console.print(table)
+
+
+_TURN_MARKUP = re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>|<\|eot_id\|>|<\|begin_of_text\|>")
+
+
+def readable(text: str) -> str:
+    """A journal row for people: chat turns as 'user: … assistant: …' rather than template tokens."""
+    text = _TURN_MARKUP.sub(lambda m: f" {m.group(1)}: " if m.group(1) else " ", text)
+    return " ".join(text.split())
+
