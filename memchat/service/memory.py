@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from memchat.engine.generate import Sampling
 
 FORGOTTEN_KEY = "journal_forgotten"  # forgotten rows with id <= upto when the state was saved
-DIGEST_KEY = "memory_digest"
 ORIGINS_KEY = "origins"  # JSON {journal row id: memory rows it still occupies}
 MODEL_KEY = "model"
 RATE_KEY = "inject_tokens_per_s"  # journal meta: measured replay speed, for forget's time estimate
@@ -255,7 +254,6 @@ class Memory:
             UPTO_KEY: str(self.upto),
             FORGOTTEN_KEY: str(self.journal.forgotten_count(self.upto)),
             MODEL_KEY: self.options.model,
-            DIGEST_KEY: memory_digest(tensors),
             ORIGINS_KEY: json.dumps(origin_counts(tensors["origins"])),
         }
         from memchat.store.state import save_state
@@ -465,17 +463,29 @@ def check_gpu_fits(model: str, folder: Path, device: str | None, quant: str | No
         )
 
 
+BOOKKEEPING = ("origins",)  # which injection wrote which row: bookkeeping, not memory
+
+
 def memory_digest(tensors: dict) -> str:
-    """sha256 of the memory state in a canonical byte form; which injection wrote which row is
-    bookkeeping, not memory, so it is left out."""
+    """sha256 of the memory state in a canonical byte form, bookkeeping left out; equal to
+    `saved_digest` of the state file the same tensors were saved to."""
     from memchat.store.state import state_digest
 
-    return state_digest({k: v for k, v in tensors.items() if k != "origins"})
+    return state_digest({k: v for k, v in tensors.items() if k not in BOOKKEEPING})
 
 
 def origin_counts(origins) -> dict[int, int]:
     """Memory rows per journal row id (-1: rows from the checkpoint)."""
     return dict(Counter(int(i) for i in origins.flatten().tolist()))
+
+
+def saved_digest(layout: MemoryLayout) -> str | None:
+    """The digest of the saved state, from its header alone (no torch, no payload read)."""
+    if not layout.state.exists():
+        return None
+    from memchat.store.header import read_digest
+
+    return read_digest(layout.state, exclude=BOOKKEEPING)
 
 
 def saved_meta(layout: MemoryLayout) -> dict[str, str] | None:

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from memchat.service.memory import DIGEST_KEY, ORIGINS_KEY, Memory, Options, memory_layout, saved_meta
+from memchat.service.memory import ORIGINS_KEY, Memory, Options, memory_layout, saved_digest, saved_meta
 from memchat.store.journal import Journal
 from memchat.store.paths import MemoryLayout
 
@@ -22,8 +22,9 @@ def stats(options: Options, live: Memory | None = None) -> dict:
     with Journal(layout.journal) as journal:
         counts = journal.counts()
         meta = saved_meta(layout) or {}
+        digest = saved_digest(layout)
         if live is not None and live.holder:
-            meta = {**meta, DIGEST_KEY: live.digest(), ORIGINS_KEY: json.dumps(live.origins())}
+            meta, digest = {**meta, ORIGINS_KEY: json.dumps(live.origins())}, live.digest()
         origins = {int(k): v for k, v in json.loads(meta.get(ORIGINS_KEY, "{}")).items()}
         rows = {i: journal.get(i) for i in origins if i >= 0}
         last = journal.last_row_time()
@@ -41,7 +42,7 @@ def stats(options: Options, live: Memory | None = None) -> dict:
         "forgotten": counts.forgotten,
         "tokens": counts.tokens,
         "by_source": {name: {"injections": n, "tokens": t} for name, (n, t) in counts.by_source.items()},
-        "memory_digest": meta.get(DIGEST_KEY),
+        "memory_digest": digest,
         "snapshots": _count(layout.snapshots, "*.safetensors"),
         "disk_bytes": _disk_bytes(layout.root),
         "last_used": last,

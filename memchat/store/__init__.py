@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .errors import CorruptJournal, CorruptState, MemoryBusy, StoreError
-    from .header import UPTO_KEY, read_meta
+    from .header import UPTO_KEY, read_digest, read_meta
     from .journal import (
         LIVE,
         Counts,
@@ -35,8 +35,8 @@ __all__ = [
     "LIVE", "MIGRATIONS", "UPTO_KEY", "CorruptJournal", "CorruptState", "Counts", "FileRecord", "Hit",
     "Journal", "LockOwner", "MemoryBusy", "MemoryLayout", "MemoryLock", "NewRow", "Row", "SnapshotInfo",
     "SnapshotPolicy", "Snapshots", "StoreError", "dtype_code", "ensure_dir", "fts_query", "load_state",
-    "memchat_home", "memory_dir", "migrate", "model_key", "read_meta", "remove_stale_temps", "save_state",
-    "sha256_file", "sha256_text", "state_digest", "validate_profile",
+    "memchat_home", "memory_dir", "migrate", "model_key", "read_digest", "read_meta", "remove_stale_temps",
+    "save_state", "sha256_file", "sha256_text", "state_digest", "validate_profile",
 ]
 
 # Searched in this order; the torch-free modules come first.

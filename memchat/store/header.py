@@ -6,6 +6,7 @@ importing torch alone costs about a second.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from .errors import CorruptState, StoreError
 
 CHECKSUM_KEY = "store.checksum"
+TENSOR_HASHES_KEY = "store.tensor_sha256"  # each tensor's sha256 (hex), concatenated in payload order
 FORMAT_KEY = "store.format"
 UPTO_KEY = "journal_upto"  # every live journal row with id <= this is in the state
 MAX_HEADER = 100 << 20
@@ -95,6 +97,36 @@ def open_state(path: Path) -> io.RawIOBase:
         raise StoreError(f"cannot read state file {path}: {exc.strerror}") from exc
 
 
+def compose_digest(tensors: list[tuple[str, str, list[int], str]]) -> str:
+    """The user-visible digest of a state from its tensors' (name, dtype code, shape, sha256 hex), in a
+    canonical form that does not depend on device, memory layout or file order."""
+    h = hashlib.sha256(b"memchat-state-digest-2\0")
+    for name, code, shape, sha in sorted(tensors):
+        head = json.dumps([name, code, list(shape)], separators=(",", ":")).encode()
+        h.update(len(head).to_bytes(8, "little"))
+        h.update(head)
+        h.update(bytes.fromhex(sha))
+    return h.hexdigest()
+
+
+def tensor_hashes(entries: dict, meta: dict[str, str]) -> dict[str, str]:
+    """name -> sha256 hex of each tensor, as recorded in the header (payload order = offset order)."""
+    names = sorted(entries, key=lambda n: entries[n]["data_offsets"][0])
+    joined = meta.get(TENSOR_HASHES_KEY, "")
+    return {name: joined[64 * i:64 * (i + 1)] for i, name in enumerate(names)}
+
+
+def read_digest(path: str | Path, exclude: tuple[str, ...] = ()) -> str:
+    """The digest of a saved state (less the `exclude`d tensors) from its header alone: no payload read,
+    no torch. Trusts the header; `load_state` verifies it against the payload."""
+    path = Path(path)
+    with open_state(path) as f:
+        entries, meta, _, _ = read_header(path, f)
+    hashes = tensor_hashes(entries, meta)
+    kept = [(n, e["dtype"], e["shape"], hashes[n]) for n, e in entries.items() if n not in exclude]
+    return compose_digest(kept)
+
+
 def read_meta(path: str | Path) -> dict[str, str]:
     """The caller's metadata of a state file from its header alone, for `stats` without loading GBs.
 
@@ -104,4 +136,5 @@ def read_meta(path: str | Path) -> dict[str, str]:
     with open_state(path) as f:
         meta = read_header(path, f)[1]
     meta.pop(FORMAT_KEY, None)
+    meta.pop(TENSOR_HASHES_KEY, None)
     return meta

@@ -4,9 +4,11 @@ We write the safetensors layout ourselves (8-byte header length, JSON header, ra
 `safetensors.torch.save_file`, because that makes a full bytes copy of every tensor first; a 3.4 GB memory
 pool should cost one pass over memory, like a file copy. The files stay readable by `safetensors`.
 
-The header metadata carries `store.checksum`: sha256 over a canonical JSON of the header (names, dtypes,
-shapes, offsets, the caller's metadata) followed by the payload. It is computed while writing and patched
-into a fixed-width placeholder, so saving reads each tensor once.
+Each tensor is hashed once, while it is written: the header records every tensor's sha256
+(`store.tensor_sha256`) and `store.checksum`, a sha256 over a canonical JSON of the header (names,
+dtypes, shapes, offsets, the caller's metadata) followed by those tensor hashes. Both are patched into
+fixed-width placeholders after the payload, so saving reads each tensor once, and the user-visible
+memory digest is composed from the same tensor hashes without a second pass over the data.
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ from typing import Any
 import torch
 
 from .errors import StoreError
-from .header import CHECKSUM_KEY, FORMAT_KEY, corrupt, open_state, read_header
+from .header import (
+    CHECKSUM_KEY,
+    FORMAT_KEY,
+    TENSOR_HASHES_KEY,
+    compose_digest,
+    corrupt,
+    open_state,
+    read_header,
+)
 from .paths import FILE_MODE, ensure_dir
 
-FORMAT = "memchat-state-1"
+FORMAT = "memchat-state-2"
 _RESERVED_PREFIX = "store."
 _PLACEHOLDER = "0" * 64
 _CHUNK = 8 << 20  # large enough to amortise syscalls, small enough to overlap hashing with I/O
@@ -92,22 +102,29 @@ def _chunks(view: memoryview) -> Iterator[memoryview]:
 
 
 def state_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """The user-visible `memory_digest`: sha256 of a canonical form, independent of device and layout.
+    """The user-visible `memory_digest`, independent of device and layout; equal to `read_digest` of a
+    file these tensors were saved to."""
+    items = []
+    for name, tensor in tensors.items():
+        t = _cpu_contiguous(tensor)
+        h = hashlib.sha256()
+        _hash_view(h, _as_bytes(t))
+        items.append((name, dtype_code(t.dtype), list(t.shape), h.hexdigest()))
+    return compose_digest(items)
 
-    Per tensor in sorted name order: length-prefixed JSON `[name, dtype, shape]`, then the length-prefixed
-    little-endian bytes of the values in row-major order.
-    """
-    h = hashlib.sha256(b"memchat-state-digest-1\0")
-    for name in sorted(tensors):
-        t = _cpu_contiguous(tensors[name])
-        head = json.dumps([name, dtype_code(t.dtype), list(t.shape)], separators=(",", ":")).encode()
-        h.update(len(head).to_bytes(8, "little"))
-        h.update(head)
-        data = _as_bytes(t)
-        h.update(len(data).to_bytes(8, "little"))
-        for chunk in _chunks(data):
-            h.update(chunk)
+
+def _checksum(entries: Mapping[str, Mapping[str, object]], meta: Mapping[str, str], hashes: list[str]) -> str:
+    """sha256 of the canonical header and the tensor hashes in payload order."""
+    h = hashlib.sha256(_canonical_header(entries, meta))
+    for sha in hashes:
+        h.update(bytes.fromhex(sha))
     return h.hexdigest()
+
+
+def _value_at(header: bytes, key: str, placeholder: str) -> int:
+    """Offset in `header` of the placeholder value of metadata `key`, to patch it after the payload."""
+    marker = f'"{key}":"{placeholder}"'.encode()
+    return header.index(marker) + len(f'"{key}":"')
 
 
 def _canonical_header(entries: Mapping[str, Mapping[str, object]], meta: Mapping[str, str]) -> bytes:
@@ -155,21 +172,32 @@ def _hash_view(hasher: Hasher, view: memoryview) -> None:
         hasher.update(chunk)
 
 
-def _write_and_hash(fd: int, hasher: Hasher, tensors: Iterator[torch.Tensor]) -> None:
-    """Write while a worker hashes (both release the GIL), then fsync while the hash finishes."""
+def _write_and_hash(fd: int, tensors: Iterator[torch.Tensor], parallel: bool) -> list[str]:
+    """Write the tensors in order and return each one's sha256. With `parallel`, a worker hashes one
+    tensor while the next is written (both release the GIL), and the fsync overlaps the last hash."""
+    hashes: list[str] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        previous: Future[None] | None = None
+        previous: Future[str] | None = None
         for tensor in tensors:
             data = _as_bytes(_cpu_contiguous(tensor))
-            job = pool.submit(_hash_view, hasher, data)  # the single worker keeps the order
+            job = pool.submit(_sha256_of, data) if parallel else None
             for chunk in _chunks(data):
                 _write_all(fd, chunk)
             if previous is not None:
-                previous.result()  # at most two tensor copies alive at a time
+                hashes.append(previous.result())  # at most two tensor copies alive at a time
+            if job is None:
+                hashes.append(_sha256_of(data))
             previous = job
         os.fsync(fd)
         if previous is not None:
-            previous.result()
+            hashes.append(previous.result())
+    return hashes
+
+
+def _sha256_of(view: memoryview) -> str:
+    h = hashlib.sha256()
+    _hash_view(h, view)
+    return h.hexdigest()
 
 
 def save_state(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> None:
@@ -197,12 +225,15 @@ def save_state(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapp
         entries[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     full_meta = {**meta, FORMAT_KEY: FORMAT}
-    hasher = hashlib.sha256(_canonical_header(entries, full_meta))
-    header = json.dumps({"__metadata__": {CHECKSUM_KEY: _PLACEHOLDER, **full_meta}, **entries},
-                        separators=(",", ":")).encode()
+    hashes_placeholder = _PLACEHOLDER * len(specs)
+    header = json.dumps(
+        {"__metadata__": {CHECKSUM_KEY: _PLACEHOLDER, TENSOR_HASHES_KEY: hashes_placeholder, **full_meta},
+         **entries},
+        separators=(",", ":"),
+    ).encode()
     header += b" " * (-len(header) % 8)
-    marker = f'"{CHECKSUM_KEY}":"'.encode()
-    checksum_at = 8 + header.index(marker + _PLACEHOLDER.encode()) + len(marker)
+    checksum_at = 8 + _value_at(header, CHECKSUM_KEY, _PLACEHOLDER)
+    hashes_at = 8 + _value_at(header, TENSOR_HASHES_KEY, hashes_placeholder)
 
     ensure_dir(path.parent)
     tmp = _temp_name(path)
@@ -210,14 +241,9 @@ def save_state(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapp
     try:
         try:
             _write_all(fd, memoryview(len(header).to_bytes(8, "little") + header))
-            if offset < _PARALLEL_MIN:
-                for name, *_ in specs:
-                    data = _as_bytes(_cpu_contiguous(tensors[name]))
-                    hasher.update(data)
-                    _write_all(fd, data)
-            else:
-                _write_and_hash(fd, hasher, (tensors[name] for name, *_ in specs))
-            os.pwrite(fd, hasher.hexdigest().encode(), checksum_at)
+            hashes = _write_and_hash(fd, (tensors[name] for name, *_ in specs), offset >= _PARALLEL_MIN)
+            os.pwrite(fd, "".join(hashes).encode(), hashes_at)
+            os.pwrite(fd, _checksum(entries, full_meta, hashes).encode(), checksum_at)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -250,21 +276,31 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     path = Path(path)
     with open_state(path) as f:
         entries, meta, checksum, payload_len = read_header(path, f)
-        hasher = hashlib.sha256(_canonical_header(entries, meta))
         buffer = torch.empty(payload_len, dtype=torch.uint8)
         view = memoryview(buffer.numpy()).cast("B") if payload_len else memoryview(b"")
+        spans = sorted((e["data_offsets"][0], e["data_offsets"][1], n) for n, e in entries.items())
+        hashers = {name: hashlib.sha256() for *_, name in spans}
+
+        def hash_range(start: int, stop: int) -> None:
+            for a, b, name in spans:
+                if a < stop and b > start:
+                    hashers[name].update(view[max(a, start):min(b, stop)])
+
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashed: list[Future[None]] = []
-            for chunk in _chunks(view):
-                if not _read_exact(f, chunk):
+            for start in range(0, payload_len, _CHUNK):
+                stop = min(payload_len, start + _CHUNK)
+                if not _read_exact(f, view[start:stop]):
                     raise corrupt(path, "truncated")
                 if payload_len < _PARALLEL_MIN:
-                    hasher.update(chunk)
-                else:  # hash this chunk while the next one is read
-                    hashed.append(pool.submit(hasher.update, chunk))
+                    hash_range(start, stop)
+                else:  # hash this chunk while the next one is read; one worker keeps the order
+                    hashed.append(pool.submit(hash_range, start, stop))
             for future in hashed:
                 future.result()
-    if hasher.hexdigest() != checksum:
+    hashes = [hashers[name].hexdigest() for *_, name in spans]
+    recorded = meta.pop(TENSOR_HASHES_KEY, None)
+    if recorded != "".join(hashes) or _checksum(entries, {**meta}, hashes) != checksum:
         raise corrupt(path, "checksum mismatch")
     tensors = {}
     for name, entry in entries.items():

@@ -274,3 +274,28 @@ def test_read_meta_reads_the_header_only(tmp_path: Path) -> None:
     path.write_bytes(b"\xff" * 64)
     with pytest.raises(CorruptState):
         read_meta(path)
+
+
+def test_the_digest_read_from_a_header_equals_the_digest_of_the_tensors(tmp_path):
+    """`memory stats` reads the digest from the header; it must be the tensors' own digest, and leaving a
+    tensor out must change it."""
+    from memchat.store import read_digest
+
+    tensors = sample_state()
+    save_state(tmp_path / "s.safetensors", tensors, {"journal_upto": "3"})
+    assert read_digest(tmp_path / "s.safetensors") == state_digest(tensors)
+    some = sorted(tensors)[0]
+    rest = {k: v for k, v in tensors.items() if k != some}
+    without = read_digest(tmp_path / "s.safetensors", exclude=(some,))
+    assert without == state_digest(rest) != state_digest(tensors)
+
+
+def test_a_flipped_recorded_tensor_hash_is_caught(tmp_path):
+    path = tmp_path / "s.safetensors"
+    save_state(path, sample_state(), {})
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b'"store.tensor_sha256":"') + len(b'"store.tensor_sha256":"')
+    raw[at] = ord("f") if raw[at] != ord("f") else ord("e")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptState):
+        load_state(path)
