@@ -181,8 +181,8 @@ def _write_and_hash(fd: int, tensors: Iterator[torch.Tensor], parallel: bool) ->
         for tensor in tensors:
             data = _as_bytes(_cpu_contiguous(tensor))
             job = pool.submit(_sha256_of, data) if parallel else None
-            for chunk in _chunks(data):
-                _write_all(fd, chunk)
+            # One write per tensor: cutting it up made the page cache fight the hashing thread.
+            _write_all(fd, data)
             if previous is not None:
                 hashes.append(previous.result())  # at most two tensor copies alive at a time
             if job is None:
