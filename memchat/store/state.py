@@ -42,7 +42,8 @@ from .paths import FILE_MODE, ensure_dir
 FORMAT = "memchat-state-2"
 _RESERVED_PREFIX = "store."
 _PLACEHOLDER = "0" * 64
-_CHUNK = 8 << 20  # large enough to amortise syscalls, small enough to overlap hashing with I/O
+_CHUNK = 8 << 20  # reads and hashing: small enough that hashing overlaps the next read
+_WRITE_CHUNK = 64 << 20  # writes: measured faster than 8 MiB pieces beside the hashing thread
 _PARALLEL_MIN = 8 << 20  # below this a hashing thread costs more than it saves
 _TMP_MARK = ".tmp-"
 Hasher = Any  # hashlib's object type is private
@@ -181,8 +182,8 @@ def _write_and_hash(fd: int, tensors: Iterator[torch.Tensor], parallel: bool) ->
         for tensor in tensors:
             data = _as_bytes(_cpu_contiguous(tensor))
             job = pool.submit(_sha256_of, data) if parallel else None
-            # One write per tensor: cutting it up made the page cache fight the hashing thread.
-            _write_all(fd, data)
+            for start in range(0, len(data), _WRITE_CHUNK):
+                _write_all(fd, data[start:start + _WRITE_CHUNK])
             if previous is not None:
                 hashes.append(previous.result())  # at most two tensor copies alive at a time
             if job is None:
