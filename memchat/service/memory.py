@@ -142,19 +142,20 @@ class Memory:
         journal.meta_setdefault(MODEL_KEY, options.model)
         lock = MemoryLock(layout.root, command=" ".join(["memchat", *sys.argv[1:2]]))
         cache_dir = memchat_home(options.home) / "cache"
-        if not lock.try_acquire():
-            folder = resolve(options.model, cache_dir)
-            return cls(options, layout, journal, lock, Tokenizer.from_folder(folder), notice=notice)
+        holder = lock.try_acquire()
         try:
+            folder = resolve(options.model, cache_dir)
+            if not holder:
+                return cls(options, layout, journal, lock, Tokenizer.from_folder(folder), notice=notice)
             from memchat.engine.engine import Engine
 
-            folder = resolve(options.model, cache_dir)
             check_gpu_fits(options.model, folder, options.device, options.quant)
             engine = Engine.load(folder, options.device, options.quant, cache_dir=cache_dir)
             memory = cls(options, layout, journal, lock, engine.tokenizer, engine, notice)
             memory._restore(progress)
         except BaseException:
-            lock.release()
+            if holder:
+                lock.release()
             journal.close()
             raise
         return memory
