@@ -1,8 +1,5 @@
-"""`memchat eval …`: a typer sub-app the main CLI mounts (`app.add_typer(eval_app, name="eval")`).
-
-It takes --model, --device, --quant and --home from the main CLI's settings when mounted, and reads the
-same settings (environment, config.toml) when run alone: `python -m memchat.eval.cli retention`.
-"""
+"""`memchat eval …`: a typer sub-app the main CLI mounts (`app.add_typer(eval_app, name="eval")`); it
+takes --model, --device, --quant and --home from the main CLI's settings."""
 
 from __future__ import annotations
 
@@ -57,22 +54,12 @@ def retention(
     Inject a context, then D unrelated ones, and ask; a hit is the answer within the first --tokens
     generated tokens. Uses the model alone: your memory and journal are not touched.
     """
-    config = settings(ctx)
+    config = ctx.obj["config"]  # the main CLI's settings: flags, environment, config.toml
     retention_command(
         model=model or config.require_model(), device=config.device, quant=config.quant, home=config.home,
         data=data, distractors=distractors, n=n, distances=parse_distances(d), seed=seed, tokens=tokens,
         as_json=as_json, plot_path=plot,
     )
-
-
-def settings(ctx: typer.Context):
-    """memchat's settings: the main CLI's (flags, environment, config.toml), or read here when run alone."""
-    config = ctx.obj.get("config") if isinstance(ctx.obj, dict) else None
-    if config is None:
-        from memchat.config import load_config
-
-        config = load_config()
-    return config
 
 
 def retention_command(
@@ -136,19 +123,3 @@ def retention_command(
             console.print(f"plot written to {plot_path}")
     return out
 
-
-def main() -> None:
-    """Run the sub-app on its own, with user errors as one line (as `memchat` itself does)."""
-    import sys
-
-    from memchat.errors import MemchatError
-
-    try:
-        eval_app()
-    except MemchatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,4 @@
-"""`memchat train …`: a typer sub-app the main CLI mounts (`app.add_typer(train_app, name="train")`);
-also runs alone: `python -m memchat.train.cli nano --out DIR`."""
+"""`memchat train …`: a typer sub-app the main CLI mounts (`app.add_typer(train_app, name="train")`)."""
 
 from __future__ import annotations
 
@@ -94,21 +93,3 @@ def train_command(
                                                       "  (run the same command again to continue)"))
     return report
 
-
-def main() -> None:
-    import sys
-
-    from memchat.errors import MemchatError
-
-    try:
-        train_app()
-    except MemchatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted (saved)", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
