@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pexpect
+from memchat_run import run_memchat
 
 
 def ready(prompt: str = "you>") -> re.Pattern[str]:
@@ -38,17 +38,7 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 
 def memchat(home: Path, *args: str, check: bool = True, input: str | None = None, **extra: str):
-    proc = subprocess.run(
-        [sys.executable, "-m", "memchat.cli", *args],
-        env=env_for(home, **extra),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"memchat {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+    return run_memchat(args, env_for(home, **extra), input=input, check=check)
 
 
 def stats(home: Path) -> dict:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from memchat_run import run_memchat
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
@@ -21,14 +22,7 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 
 def memchat(home: Path, *args: str, input: str = "", **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "memchat.cli", *args],
-        env=env_for(home, **extra),
-        input=input,  # a pipe: stdin is not a terminal, as in a script
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_memchat(args, env_for(home, **extra), input=input)  # stdin a pipe, as in a script
 
 
 def stats(home: Path, **extra: str) -> dict:

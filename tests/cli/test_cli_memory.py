@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from memchat_run import run_memchat
 
 NOTES = {
     "a.md": "# Pets\n\nMy dog is called Biscuit. He loves the beach and chases every ball he sees.\n",
@@ -28,24 +29,8 @@ def env_for(home: Path, model: str = "tiny") -> dict[str, str]:
     return env
 
 
-def memchat(
-    home: Path,
-    *args: str,
-    check: bool = True,
-    input: str | None = None,
-    model: str = "tiny",
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "memchat.cli", *args],
-        env=env_for(home, model),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"memchat {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+def memchat(home: Path, *args: str, check: bool = True, input: str | None = None, model: str = "tiny"):
+    return run_memchat(args, env_for(home, model), input=input, check=check, timeout=300)
 
 
 def stats(home: Path, model: str = "tiny") -> dict:
