@@ -135,14 +135,6 @@ class Engine:
         tokens = self.generate_ids(prompt, sampling, generator)
         return stream_text(tokens, self.tokenizer.decode)
 
-    # --- text -----------------------------------------------------------------------------------------
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.tokenizer.encode_chat(messages)
-
     def stop_ids(self) -> set[int]:
         stop = set(self.config.eos_token_ids) | self._eos
         return stop | self.tokenizer.stop_ids() if self.tokenizer is not None else stop

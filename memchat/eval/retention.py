@@ -166,8 +166,8 @@ def context_chunks(engine, context: Context) -> list[list[int]]:
     tokenizer = engine.tokenizer
     if not isinstance(context, str):
         context = tokenizer.format_turn(context["user"], context["assistant"])
-    text = context
-    return [engine.encode(c) for c in chunk_text(text, tokenizer.offsets, engine.config.max_injection_tokens)]
+    chunks = chunk_text(context, tokenizer.offsets, engine.config.max_injection_tokens)
+    return [tokenizer.encode(c) for c in chunks]
 
 
 def ask(engine, question: str, max_new_tokens: int) -> str:

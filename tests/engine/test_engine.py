@@ -205,8 +205,8 @@ def test_preset_engine_answers_a_chat_prompt(tmp_path):
     assert engine.config.is_mplus and engine.model.device.type == "cpu"
     facts = "My dog is called Biscuit and he loves the beach."
     for i in range(3):
-        engine.inject(engine.encode(facts), seed=i, origin=i + 1)
-    prompt = engine.encode_chat([{"role": "user", "content": "What is my dog called?"}])
+        engine.inject(engine.tokenizer.encode(facts), seed=i, origin=i + 1)
+    prompt = engine.tokenizer.encode_chat([{"role": "user", "content": "What is my dog called?"}])
     greedy = Sampling(max_new_tokens=8)
     ids = list(engine.generate_ids(prompt, greedy))
     assert 0 < len(ids) <= 8 and not set(ids) & engine.stop_ids()
@@ -215,7 +215,7 @@ def test_preset_engine_answers_a_chat_prompt(tmp_path):
     # The same answer from a second engine over the same preset folder and the same journal.
     again = Engine.load("tiny-mplus", device="cpu", cache_dir=tmp_path)
     for i in range(3):
-        again.inject(again.encode(facts), seed=i, origin=i + 1)
+        again.inject(again.tokenizer.encode(facts), seed=i, origin=i + 1)
     assert list(again.generate_ids(prompt, greedy)) == ids
 
 

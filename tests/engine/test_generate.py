@@ -178,7 +178,7 @@ def test_stream_text_with_invalid_bytes_matches_the_full_decode():
 def test_stream_text_with_the_real_tokenizer(engine_of):
     engine = engine_of("memoryllm")
     text = "Café, naïve — 日本語のテキスト 😀👩‍👧 and plain words."
-    ids = engine.encode(text)
+    ids = engine.tokenizer.encode(text)
     decode = engine.tokenizer.decode
     # The byte-level BPE really does split some characters across tokens here.
     assert any(decode(ids[: i + 1]).endswith("\ufffd") for i in range(len(ids)))
@@ -205,13 +205,14 @@ def test_encode_chat_drops_bos_and_ends_with_the_assistant_header(engine_of):
     engine = engine_of("memoryllm")
     tok = engine.tokenizer.hf
     messages = [{"role": "user", "content": "Where did I put my keys?"}]
-    ids = engine.encode_chat(messages)
+    ids = engine.tokenizer.encode_chat(messages)
     assert ids[0] != tok.bos_token_id and tok.bos_token_id == 1
     assert tok.bos_token_id not in ids
-    header = engine.encode("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    header = engine.tokenizer.encode("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert ids[-len(header) :] == header
     assert tok.decode(ids).startswith("<|start_header_id|>user<|end_header_id|>\n\nWhere did I put my keys?")
-    assert engine.encode("Where did I put my keys?")[0] != tok.bos_token_id  # plain text has no BOS either
+    # plain text has no BOS either
+    assert engine.tokenizer.encode("Where did I put my keys?")[0] != tok.bos_token_id
 
 
 def test_stop_ids(engine_of):

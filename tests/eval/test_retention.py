@@ -31,6 +31,9 @@ class FakeTokenizer:
     def format_turn(self, user: str, assistant: str) -> str:
         return f"<{user}|{assistant}>"
 
+    def encode(self, text: str):
+        return text
+
     def offsets(self, text: str):
         return [(i, i + 1) for i in range(len(text))]
 
@@ -52,9 +55,6 @@ class FakeEngine:
         self.tokenizer, self.config = FakeTokenizer(), FakeConfig()
         self.state = ()
         self.seeds = []
-
-    def encode(self, text: str):
-        return text
 
     def inject(self, text, seed: int, origin: int = 0) -> None:
         self.seeds.append(seed)
