@@ -234,9 +234,7 @@ class Memory:
         done = 0
         for row in rows:
             start = time.perf_counter()
-            ids = self.tokenizer.encode(row.text)
-            self.engine.inject(ids, seed=row.seed, origin=row.id)
-            self._timed_tokens += len(ids)
+            self._timed_tokens += self._apply(row)
             self._timed_seconds += time.perf_counter() - start
             self._unsaved += 1
             done += 1
@@ -247,6 +245,12 @@ class Memory:
             if self._unsaved >= self.options.checkpoint_every:
                 self.checkpoint()
         return done
+
+    def _apply(self, row: Row) -> int:
+        """Inject one journal row with its own seed; returns its token count."""
+        ids = self.tokenizer.encode(row.text)
+        self.engine.inject(ids, seed=row.seed, origin=row.id)
+        return len(ids)
 
     def checkpoint(self) -> None:
         """Save the state atomically with the journal row it includes up to; snapshot when due."""
@@ -409,7 +413,7 @@ class Memory:
             self.engine.state = self._initial_state()
             rows = [r for r in self.journal.rows(0, LIVE) if r.id <= upto]
             for done, row in enumerate(rows, 1):
-                self.engine.inject(self.tokenizer.encode(row.text), seed=row.seed, origin=row.id)
+                self._apply(row)
                 if progress:
                     progress(done, len(rows))
             rebuilt = self.digest()
