@@ -66,5 +66,17 @@ class ChatEncoder:
         """An assistant reply as generated: its content tokens, then <|eot_id|>."""
         return [ids + [self.eot] for ids in self.encode([t.strip() for t in texts])]
 
+    def spans(self, texts: Sequence[str], phrases: Sequence[str]) -> list[list[bool]]:
+        """Per token of `replies(texts)`: does it overlap the first occurrence of its phrase?"""
+        out = []
+        for e, text, phrase in zip(
+            self.tok.encode_batch([t.strip() for t in texts], add_special_tokens=False), texts, phrases,
+            strict=True,
+        ):
+            start = text.strip().lower().find(phrase.lower())
+            end = start + len(phrase)
+            out.append([start >= 0 and a < end and b > start for a, b in e.offsets] + [False])
+        return out
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)

@@ -44,6 +44,7 @@ from memchat.train.domain import HELDOUT, TRAIN, Domain, Episode
 from memchat.train.text import PAD_ID, ChatEncoder, build_tokenizer, turn_messages
 
 STATE_DIR, MODEL_DIR = "train", "model"
+ABSTAIN_PHRASE = "don't know"  # in every UNKNOWN_ANSWERS phrasing
 
 
 class TrainError(MemchatError):
@@ -119,6 +120,7 @@ class Batch:
     inputs: Tensor  # [B, S]: prompt (recent turns, question) and reply, less the last token
     targets: Tensor  # [B, S]
     answer: Tensor  # [B, S] bool: targets that are reply tokens
+    scored: Tensor  # [B, S] bool: the reply tokens that decide recall (the value, or "don't know")
     turn_tokens: Tensor  # [B, S] bool: targets inside the recent turns shown in the prompt
     kinds: list[str]
     distance: int
@@ -128,8 +130,8 @@ class Batch:
 class StepResult:
     loss: float
     answer_loss: float
-    recall: float | None  # share of recall/update episodes whose whole answer is argmax-correct
-    abstain: float | None  # the same for the "don't know" episodes
+    recall: float | None  # share of recall/update episodes whose value tokens are all argmax-correct
+    abstain: float | None  # the same for the "don't know" of the abstain episodes
 
 
 # --- episodes → tensors -------------------------------------------------------------------------------
@@ -186,10 +188,15 @@ def make_batch(
 
     reply_start = [len(r) + len(q) for r, q in zip(recent, questions, strict=True)]
     answer = span(reply_start, [s + len(a) for s, a in zip(reply_start, replies, strict=True)])
+    # Recall is judged on the value's tokens alone: the phrasing around it is a free choice.
+    marks = encoder.spans([e.answer for e in episodes], [e.value or ABSTAIN_PHRASE for e in episodes])
+    scored = torch.zeros_like(answer)
+    for b, (start, m) in enumerate(zip(reply_start, marks, strict=True)):
+        scored[b, start - 1 : start - 1 + len(m)] = torch.tensor(m)
     turn_tokens = span([1] * len(recent), [len(r) for r in recent])
     grad_turns = frozenset({lead, *range(max(0, T - tc.bptt), T)})
     kept = random_kept(cfg, (T, len(episodes)), g)
-    return Batch(turns, grad_turns, kept, inputs, targets, answer, turn_tokens,
+    return Batch(turns, grad_turns, kept, inputs, targets, answer, scored, turn_tokens,
                  [e.kind for e in episodes], distance)
 
 
@@ -273,7 +280,7 @@ def run_batch(
     loss = answer_loss
     if batch.turn_tokens.any():
         loss = loss + tc.lm_weight * (ce * batch.turn_tokens).sum() / batch.turn_tokens.sum()
-    correct = ((logits.argmax(-1) == batch.targets) | ~batch.answer).all(dim=1).tolist()
+    correct = ((logits.argmax(-1) == batch.targets) | ~batch.scored).all(dim=1).tolist()
     told = [c for c, k in zip(correct, batch.kinds, strict=True) if k != "abstain"]
     untold = [c for c, k in zip(correct, batch.kinds, strict=True) if k == "abstain"]
     result = StepResult(

@@ -101,6 +101,9 @@ def test_batch_targets_are_the_answer_and_the_recent_turns(make_trainer, tmp_pat
     for b, ep in enumerate(episodes):
         assert enc.decode(batch.targets[b][batch.answer[b]].tolist()) == ep.answer
         assert batch.targets[b][batch.answer[b]][-1] == enc.eot  # the reply ends the turn
+        # recall is scored on the value's tokens only, which lie inside the reply
+        assert enc.decode(batch.targets[b][batch.scored[b]].tolist()).strip() == ep.value
+        assert not (batch.scored[b] & ~batch.answer[b]).any()
         shown = enc.decode(batch.targets[b][batch.turn_tokens[b]].tolist())
         assert ep.turns[-1].assistant in shown and ep.turns[-2].assistant in shown
         assert ep.turns[1].user not in shown  # the fact is asked from memory, never shown
@@ -240,3 +243,12 @@ def test_domain_has_no_global_random_state():
     state = random.getstate()
     Domain().episode(random.Random(1), 3, 1)
     assert random.getstate() == state
+
+
+def test_abstain_is_scored_on_saying_it_does_not_know(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    episodes = [Domain().episode(random.Random(i), distance=2, kind="abstain") for i in range(3)]
+    enc = trainer.encoder
+    batch = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=0, window=0, g=torch.Generator())
+    for b in range(3):
+        assert enc.decode(batch.targets[b][batch.scored[b]].tolist()).strip() == "don't know"
