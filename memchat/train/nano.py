@@ -97,9 +97,11 @@ def _initial(name: str, p: Tensor, g: torch.Generator, residual_scale: float) ->
         return torch.zeros_like(p)  # adapters start as no-ops, as LoRA does
     if ".lora_A." in name:
         return torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1])
-    # Projections that add into the residual stream start smaller, as in GPT-2.
+    # Fan-in scale, so that attention scores start far enough from uniform for heads to specialise;
+    # projections that add into the residual stream start smaller, as in GPT-2.
+    std = 1 / math.sqrt(p.shape[-1])
     residual = "o_proj" in name or "down_proj" in name
-    return torch.randn(p.shape, generator=g) * (0.02 * residual_scale if residual else 0.02)
+    return torch.randn(p.shape, generator=g) * (std * residual_scale if residual else std)
 
 
 def export(folder: Path, config: dict[str, Any], model: MemoryModel, memory: Tensor) -> Path:

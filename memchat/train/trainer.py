@@ -57,14 +57,18 @@ class TrainConfig:
     seed: int = 0
     steps: int = 16000  # the learning-rate schedule's length; training stops there
     batch: int = 16
-    lr: float = 1.5e-3
-    min_lr: float = 1.5e-4
-    warmup: int = 300
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     bptt: int = 1  # injections before the question that keep their graph (besides the fact's)
     lm_weight: float = 0.25  # weight of the language-model loss on the turns shown in the prompt
     window: int = 4  # at most this many recent turns precede the question (the chat's default window)
+    # Share of batches (at distances < window) whose prompt reaches back over the fact, as the chat's does:
+    # copying a value from the prompt is learnt long before reading it from memory, and the same heads
+    # then serve the memory rows.
+    show_fact: float = 0.25
     max_lead: int = 3  # turns injected before the fact (an update episode's old value sits there)
     levels: tuple[int, ...] = (0, 1, 2, 4, 8, 12, 16, 24, 32)  # curriculum of distances
     advance_at: float = 0.6  # recall (teacher-forced) at the top distance that opens the next level
@@ -124,6 +128,7 @@ class Batch:
     turn_tokens: Tensor  # [B, S] bool: targets inside the recent turns shown in the prompt
     kinds: list[str]
     distance: int
+    fact_shown: bool
 
 
 @dataclass
@@ -169,11 +174,12 @@ def make_batch(
     g: torch.Generator,
 ) -> Batch:
     """Tensors for episodes of one shape: the same number of turns, the fact (if any) after `lead` turns.
-    The prompt shows the last min(window, distance) turns before the question (never the fact)."""
+    The prompt shows the last min(window, distance + 1) turns before the question: the fact only when
+    the window reaches back to it."""
     T = len(episodes[0].turns)
     turns = [_pad(encoder.turns([e.turns[t] for e in episodes])) for t in range(T)]
     distance = T - 1 - lead
-    shown = min(window, distance)
+    shown = min(window, distance + 1)
     recent = [encoder.conversation([m for turn in e.turns[T - shown:] for m in turn_messages(turn)])
               if shown else [] for e in episodes]
     questions = encoder.prompts([[{"role": "user", "content": e.question}] for e in episodes])
@@ -197,17 +203,19 @@ def make_batch(
     grad_turns = frozenset({lead, *range(max(0, T - tc.bptt), T)})
     kept = random_kept(cfg, (T, len(episodes)), g)
     return Batch(turns, grad_turns, kept, inputs, targets, answer, scored, turn_tokens,
-                 [e.kind for e in episodes], distance)
+                 [e.kind for e in episodes], distance, shown > distance)
 
 
 def sample_batch(
     domain: Domain, encoder: ChatEncoder, cfg: MemoryConfig, tc: TrainConfig, seed: int, step: int,
-    distance: int, batch: int, kind: str | None = None,
+    distance: int, batch: int, kind: str | None = None, show_fact: float = 0.0,
 ) -> Batch:
     rng, g = seeded(seed, step)
     lead = rng.randint(0, tc.max_lead)
     # The chat prompt carries the recent exchanges (also in memory) before the question; none, sometimes.
-    window = min(rng.choice([0, 0, 1, 2, 3, 4]), tc.window)
+    window = min(rng.choice([0, 0, 1, 2, 3, 4]), tc.window, distance)
+    if distance < tc.window and rng.random() < show_fact:
+        window = distance + 1
     episodes = [domain.episode(rng, distance, lead, kind) for _ in range(batch)]
     return make_batch(episodes, encoder, cfg, tc, lead, window, g)
 
@@ -412,7 +420,8 @@ class Trainer:
         rng, _ = seeded(tc.seed, "distance", self.step)
         distance = self.curriculum.sample(rng, tc)
         batch = sample_batch(
-            _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch
+            _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch,
+            show_fact=tc.show_fact,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(self.step)
@@ -422,7 +431,7 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         self.optimizer.step()
-        self.curriculum.observe(tc, distance, result.recall)
+        self.curriculum.observe(tc, distance, None if batch.fact_shown else result.recall)
         self.step += 1
         return result, distance
 

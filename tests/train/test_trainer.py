@@ -252,3 +252,15 @@ def test_abstain_is_scored_on_saying_it_does_not_know(make_trainer, tmp_path):
     batch = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=0, window=0, g=torch.Generator())
     for b in range(3):
         assert enc.decode(batch.targets[b][batch.scored[b]].tolist()).strip() == "don't know"
+
+
+def test_a_window_reaching_back_over_the_fact_shows_it(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    enc = trainer.encoder
+    episodes = [Domain().episode(random.Random(i), distance=1, lead=0, kind="recall") for i in range(2)]
+    hidden = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=0, window=1, g=torch.Generator())
+    shown = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=0, window=2, g=torch.Generator())
+    assert not hidden.fact_shown and shown.fact_shown
+    for b, ep in enumerate(episodes):
+        assert ep.turns[0].user in enc.decode(shown.targets[b][shown.turn_tokens[b]].tolist())
+        assert ep.turns[0].user not in enc.decode(hidden.targets[b][hidden.turn_tokens[b]].tolist())
