@@ -167,8 +167,8 @@ def _mplus_state(cfg: MemoryConfig, g: dict[str, Tensor], pre: str, origins: Ten
         return list(g[pre + name]) if pre + name in g else [empty] * L
 
     d, h = cfg.hidden_size, cfg.selector_hidden_dim
-    ltm = LongTermMemory(
-        rows=per_layer("ltm"),
+    ltm = LongTermMemory.of_rows(
+        per_layer("ltm"),
         keys=per_layer("ltm_keys"),
         ages=per_layer("ltm_ages"),
         recall_frequencies=per_layer("ltm_recall_frequencies"),
@@ -184,7 +184,9 @@ def _mplus_state(cfg: MemoryConfig, g: dict[str, Tensor], pre: str, origins: Ten
 def _compare_mplus(report: Report, tag: str, got: MemoryState, want: MemoryState) -> None:
     report.exact(f"{tag} memory", got.memory, want.memory)
     report.exact(f"{tag} memory ages", got.memory_ages, want.memory_ages)
-    for name in ("rows", "ages", "recall_frequencies", "cached_rows", "cached_ages"):
+    for layer in range(got.ltm.layers):
+        report.exact(f"{tag} ltm rows L{layer}", got.ltm.live_rows(layer), want.ltm.live_rows(layer))
+    for name in ("ages", "recall_frequencies", "cached_rows", "cached_ages"):
         for layer, (a, b) in enumerate(zip(getattr(got.ltm, name), getattr(want.ltm, name), strict=True)):
             report.exact(f"{tag} ltm {name} L{layer}", a, b)
     for name in ("keys", "cached_keys"):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from memchat.engine.config import ADAPTER_DECODE, ADAPTER_INJECT, MemoryConfig
 from memchat.engine.model import LoRALinear, MemoryModel
 from memchat.engine.quantize import check_mode, default_mode, quantized_linear
+from memchat.engine.rowlog import RowLog
 from memchat.engine.state import MemoryState, initial_state
 from memchat.errors import MemchatError
 
@@ -246,9 +247,10 @@ def _check_keys(model: MemoryModel, cfg: MemoryConfig, files: list[Path]) -> Non
 
 
 def load_initial_state(
-    folder: Path, cfg: MemoryConfig, dtype: torch.dtype, device: torch.device
+    folder: Path, cfg: MemoryConfig, dtype: torch.dtype, device: torch.device, log: RowLog | None = None
 ) -> MemoryState:
-    """The checkpoint's own memory state again (what an empty journal folds to), without the weights."""
+    """The checkpoint's own memory state again (what an empty journal folds to), without the weights;
+    M+ long-term rows are appended to `log` (empty, or a new in-RAM log by default)."""
     from safetensors import safe_open
 
     keys, tensors = state_keys(cfg), {}
@@ -257,7 +259,7 @@ def load_initial_state(
             for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 if name in keys:
                     tensors[name] = _read(f.get_slice(name), name, dtype, device)
-    return initial_state(cfg, tensors)
+    return initial_state(cfg, tensors, log)
 
 
 def _stream(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iterator[tuple[str, Tensor]]:

@@ -3,10 +3,15 @@
 Every update is a pure function of (state, delta memory, seed): drop indices come from a private
 generator seeded per injection, never from the global RNG, so replaying a journal of injections with
 their seeds rebuilds the same state bit for bit. The state exports to a flat dict of tensors.
+
+M+ long-term rows live in an append-only row log (`memchat.engine.rowlog`) and a state holds their ids:
+an update may append to the log, but never changes what an earlier state reads, so updates stay pure
+functions of their inputs.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -14,27 +19,55 @@ import torch
 from torch import Tensor
 
 from memchat.engine.config import MemoryConfig
+from memchat.engine.rowlog import RamRowLog, RowLog
 
 CHECKPOINT_ORIGIN = -1  # origin of memory rows that came with the checkpoint
 
 
 @dataclass
 class LongTermMemory:
-    """M+ long-term memory, per layer: rows, their retrieval keys, ages and recall frequencies, plus the
-    rows dropped from the short-term memory since the last merge (the cache), with keys and ages."""
+    """M+ long-term memory, per layer: the ids of its rows in a row log, their retrieval keys, ages and
+    recall frequencies, plus the rows dropped from the short-term memory since the last merge (the cache),
+    with keys and ages. The cache is small and stays here until a merge appends it to the log."""
 
-    rows: list[Tensor]
+    log: RowLog
+    row_ids: list[Tensor]  # int64, ascending: merges append rows last and pruning keeps the order
     keys: list[Tensor]
     ages: list[Tensor]  # float64, like the official numpy arrays
     recall_frequencies: list[Tensor]  # float64
     cached_rows: list[Tensor]
     cached_keys: list[Tensor]
     cached_ages: list[Tensor]
+    log_lengths: list[int]  # the log prefix this memory was built over; restoring it cuts the log back here
     update_step: int = 0
+
+    @classmethod
+    def of_rows(cls, rows: list[Tensor], log: RowLog | None = None, **fields) -> LongTermMemory:
+        """A long-term memory holding `rows` (per layer), appended to `log` (a new in-RAM log by default)."""
+        log = RamRowLog() if log is None else log
+        row_ids = [log.append(layer, r) for layer, r in enumerate(rows)]
+        return cls(log=log, row_ids=row_ids, log_lengths=_lengths(log, len(rows)), **fields)
 
     @property
     def layers(self) -> int:
-        return len(self.rows)
+        return len(self.row_ids)
+
+    def live_rows(self, layer: int) -> Tensor:
+        """Every long-term row of a layer, read from the log (checks and tests; retrieval reads k)."""
+        return self.log.read(layer, self.row_ids[layer])
+
+    def rows_sha256(self, layer: int) -> Tensor:
+        """sha256 over the per-row hashes of the layer's rows in order: their values, without reading them."""
+        hashes = self.log.hashes(layer, self.row_ids[layer]).numpy().tobytes()
+        return torch.frombuffer(bytearray(hashlib.sha256(hashes).digest()), dtype=torch.uint8)
+
+
+class LogMismatch(ValueError):
+    """A saved state names long-term rows its row log does not hold (cut short, damaged or replaced)."""
+
+
+def _lengths(log: RowLog, layers: int) -> list[int]:
+    return [log.length(layer) for layer in range(layers)]
 
 
 @dataclass
@@ -51,6 +84,9 @@ class MemoryState:
         return max(0, int(self.origins[0, -1]))
 
     def to_tensors(self) -> dict[str, Tensor]:
+        """Everything to restore this state over the same row log. For M+ that is the ids of the
+        long-term rows, not their values, with the log lengths it was built over (`ltm.row_ids.*` and
+        `ltm.log_lengths`: where the rows sit) and a sha256 of each layer's rows (what they are)."""
         out = {
             "memory": self.memory,
             "origins": self.origins,
@@ -62,16 +98,27 @@ class MemoryState:
             for name in _LTM_LISTS:
                 for layer, t in enumerate(getattr(self.ltm, name)):
                     out[f"ltm.{name}.{layer}"] = t
+            for layer in range(self.ltm.layers):
+                out[f"ltm.rows_sha256.{layer}"] = self.ltm.rows_sha256(layer)
+            out["ltm.log_lengths"] = torch.tensor(self.ltm.log_lengths, dtype=torch.int64)
             out["ltm.update_step"] = torch.tensor(self.ltm.update_step, dtype=torch.int64)
         return out
 
     @classmethod
-    def from_tensors(cls, t: dict[str, Tensor]) -> MemoryState:
+    def from_tensors(cls, t: dict[str, Tensor], log: RowLog | None = None) -> MemoryState:
+        """The state `to_tensors` exported; an M+ state needs the row log its ids point into, and raises
+        LogMismatch unless that log holds its rows with the values they had."""
         ltm = None
         if "ltm.update_step" in t:
+            if log is None:
+                raise ValueError("an M+ state needs the row log its long-term row ids point into")
+            if "ltm.log_lengths" not in t:
+                raise LogMismatch("the state holds its long-term rows itself (saved by an older memchat)")
             layers = t["memory"].shape[0]
             lists = {name: [t[f"ltm.{name}.{i}"] for i in range(layers)] for name in _LTM_LISTS}
-            ltm = LongTermMemory(**lists, update_step=int(t["ltm.update_step"]))
+            lengths = t["ltm.log_lengths"].tolist()
+            ltm = LongTermMemory(log=log, **lists, log_lengths=lengths, update_step=int(t["ltm.update_step"]))
+            _check_log(ltm, [t[f"ltm.rows_sha256.{i}"] for i in range(layers)])
         return cls(
             memory=t["memory"],
             origins=t["origins"],
@@ -81,25 +128,34 @@ class MemoryState:
         )
 
 
-_LTM_LISTS = ("rows", "keys", "ages", "recall_frequencies", "cached_rows", "cached_keys", "cached_ages")
+_LTM_LISTS = ("row_ids", "keys", "ages", "recall_frequencies", "cached_rows", "cached_keys", "cached_ages")
 
 
-def initial_state(cfg: MemoryConfig, tensors: dict[str, Tensor]) -> MemoryState:
-    """The state a checkpoint ships: its memory pool and, for M+, its long-term memory."""
+def _check_log(ltm: LongTermMemory, rows_sha256: list[Tensor]) -> None:
+    for layer, (ids, want) in enumerate(zip(ltm.row_ids, rows_sha256, strict=True)):
+        if ltm.log.length(layer) < ltm.log_lengths[layer] or not ltm.log.has(layer, ids):
+            raise LogMismatch(f"the long-term memory of layer {layer} lacks rows this state needs")
+        if not torch.equal(ltm.rows_sha256(layer), want):
+            raise LogMismatch(f"the long-term rows of layer {layer} differ from those this state saved")
+
+
+def initial_state(cfg: MemoryConfig, tensors: dict[str, Tensor], log: RowLog | None = None) -> MemoryState:
+    """The state a checkpoint ships: its memory pool and, for M+, its long-term memory, whose rows are
+    appended to `log` (empty, or a new in-RAM log by default)."""
     memory = tensors["memory"]
     L, N = memory.shape[:2]
     origins = torch.full((L, N), CHECKPOINT_ORIGIN, dtype=torch.int64)
     if not cfg.is_mplus:
         initialized = bool(int(tensors["initialized"])) if "initialized" in tensors else True
         return MemoryState(memory=memory, origins=origins, initialized=initialized)
-    empty = [torch.zeros(0, memory.shape[2], dtype=memory.dtype) for _ in range(L)]
-    ltm = LongTermMemory(
-        rows=[tensors[f"ltm.{i}"] for i in range(L)],
+    ltm = LongTermMemory.of_rows(
+        [tensors[f"ltm.{i}"] for i in range(L)],
+        log,
         keys=[tensors[f"ltm_keys.{i}"] for i in range(L)],
         # Loading truncates float ages to integers, as the official put_ltm_to_numpy does.
         ages=[tensors[f"ltm_ages.{i}"].int().double() for i in range(L)],
         recall_frequencies=[tensors[f"ltm_recall_frequencies.{i}"].double() for i in range(L)],
-        cached_rows=empty,
+        cached_rows=[torch.zeros(0, memory.shape[2], dtype=memory.dtype) for _ in range(L)],
         cached_keys=[torch.zeros(0, cfg.selector_hidden_dim, dtype=memory.dtype) for _ in range(L)],
         cached_ages=[torch.zeros(0, dtype=torch.float64) for _ in range(L)],
     )
@@ -222,11 +278,12 @@ def _dropped_indices(kept: Tensor, N: int) -> Tensor:
 
 
 def merge_cache(cfg: MemoryConfig, ltm: LongTermMemory) -> LongTermMemory:
-    """Move the cached dropped rows into the long-term memory; then every recall frequency counts down
-    once, and rows that reached zero are pruned unless that would leave no more than k rows."""
-    out = {name: [] for name in ("rows", "keys", "ages", "recall_frequencies")}
+    """Move the cached dropped rows into the long-term memory (appending them to the log); then every
+    recall frequency counts down once, and rows that reached zero are pruned (their ids dropped; the log
+    keeps the values for older states) unless that would leave no more than k rows."""
+    out = {name: [] for name in ("row_ids", "keys", "ages", "recall_frequencies")}
     for layer in range(ltm.layers):
-        rows = torch.cat([ltm.rows[layer], ltm.cached_rows[layer]])
+        ids = torch.cat([ltm.row_ids[layer], ltm.log.append(layer, ltm.cached_rows[layer])])
         keys = torch.cat([ltm.keys[layer], ltm.cached_keys[layer]])
         ages = torch.cat([ltm.ages[layer], ltm.cached_ages[layer]])
         fresh = torch.full(
@@ -235,18 +292,32 @@ def merge_cache(cfg: MemoryConfig, ltm: LongTermMemory) -> LongTermMemory:
         rf = torch.cat([ltm.recall_frequencies[layer], fresh]) - cfg.decay_frequency
         alive = torch.nonzero(rf > 0.01).flatten()
         if len(alive) > cfg.ltm_rows_retrieved:
-            rows, keys, ages, rf = rows[alive], keys[alive], ages[alive], rf[alive]
+            ids, keys, ages, rf = ids[alive], keys[alive], ages[alive], rf[alive]
         else:
             rf = rf + cfg.decay_frequency
-        for name, value in zip(out, (rows, keys, ages, rf), strict=True):
+        for name, value in zip(out, (ids, keys, ages, rf), strict=True):
             out[name].append(value)
     return LongTermMemory(
+        log=ltm.log,
         **out,
         cached_rows=[r[:0] for r in ltm.cached_rows],
         cached_keys=[k[:0] for k in ltm.cached_keys],
         cached_ages=[a[:0] for a in ltm.cached_ages],
+        log_lengths=_lengths(ltm.log, ltm.layers),
         update_step=0,
     )
+
+
+def pruned_row_ids(old: LongTermMemory, new: LongTermMemory) -> list[Tensor]:
+    """Per layer, the ids of the rows an update pruned: held by `old` or appended by the update, and not
+    held by `new`. Assumes no other state appends to the log meanwhile."""
+    if new.row_ids is old.row_ids:  # no merge: the id lists are shared
+        return [ids[:0] for ids in old.row_ids]
+    pruned = []
+    for layer, (held, kept) in enumerate(zip(old.row_ids, new.row_ids, strict=True)):
+        held = torch.cat([held, torch.arange(old.log_lengths[layer], new.log_lengths[layer])])
+        pruned.append(held[~torch.isin(held, kept)])
+    return pruned
 
 
 def candidate_scores(ltm: LongTermMemory, layer: int, queries: Tensor) -> Tensor:
@@ -267,20 +338,23 @@ def retrieve(cfg: MemoryConfig, ltm: LongTermMemory, layer: int, queries: Tensor
     small arrays.
     """
     k = cfg.ltm_rows_retrieved
-    stored = ltm.rows[layer].shape[0]
+    ids = ltm.row_ids[layer]
+    stored = len(ids)
     if stored < k:
         # Too few rows to choose from: take them cyclically, ignoring the cache.
         picks = torch.arange(stored).repeat(-(-k // stored))[-k:]
     else:
         picks = torch.topk(candidate_scores(ltm, layer, queries), k).indices.sort().values.cpu()
-    picks = picks[torch.argsort(_pick(ltm.ages[layer], ltm.cached_ages[layer], picks), stable=True).flip(0)]
-    return _pick(ltm.rows[layer], ltm.cached_rows[layer], picks), picks
+    ages = _pick(stored, ltm.ages[layer].__getitem__, ltm.cached_ages[layer], picks)
+    picks = picks[torch.argsort(ages, stable=True).flip(0)]
+    rows = _pick(stored, lambda at: ltm.log.read(layer, ids[at]), ltm.cached_rows[layer], picks)
+    return rows, picks
 
 
-def _pick(stored: Tensor, cached: Tensor, picks: Tensor) -> Tensor:
-    """Entries of [stored ; cached] at `picks`, without concatenating the (large) long-term memory."""
-    in_stored = picks < stored.shape[0]
-    out = stored.new_empty((len(picks), *stored.shape[1:]))
-    out[in_stored] = stored[picks[in_stored]]
-    out[~in_stored] = cached[picks[~in_stored] - stored.shape[0]]
+def _pick(stored: int, stored_at: Callable[[Tensor], Tensor], cached: Tensor, picks: Tensor) -> Tensor:
+    """Entries of [long-term ; cached] at `picks`, reading only the picked long-term entries."""
+    in_stored = picks < stored
+    out = cached.new_empty((len(picks), *cached.shape[1:]))
+    out[in_stored] = stored_at(picks[in_stored]).to(out.dtype)
+    out[~in_stored] = cached[picks[~in_stored] - stored]
     return out

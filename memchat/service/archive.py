@@ -1,7 +1,8 @@
 """`memchat memory export / import`: one portable tar file with the journal and the saved state.
 
 The journal is the memory (the state can be rebuilt from it); the state comes along so the import opens
-without a replay. The archive holds no pickle: SQLite, safetensors and a JSON manifest.
+without a replay, and for M+ so does the long-term memory folder whose rows the state names. The archive
+holds no pickle: SQLite, safetensors, raw rows and JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from memchat.store import Journal, MemoryLock
 
 FORMAT = "memchat-archive-1"
 _MEMBERS = ("manifest.json", "journal.sqlite", "memory.safetensors")
+_LTM = "ltm"  # M+ only
 
 
 class ArchiveError(MemchatError):
@@ -26,7 +28,7 @@ class ArchiveError(MemchatError):
 
 
 def export_memory(memory: Memory, file: Path) -> None:
-    """Checkpoint, then pack a consistent copy of the journal and the state."""
+    """Checkpoint, then pack a consistent copy of the journal, the state and (M+) the long-term rows."""
     memory.checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -44,6 +46,8 @@ def export_memory(memory: Memory, file: Path) -> None:
         with tarfile.open(partial, "w") as tar:
             for name in _MEMBERS:
                 tar.add(folder / name, arcname=name)
+            if memory.ltm is not None:
+                tar.add(memory.layout.ltm, arcname=_LTM)
         partial.replace(file)
 
 
@@ -81,6 +85,9 @@ def import_memory(options: Options, file: Path, *, force: bool = False) -> int:
                 layout.journal.with_name(layout.journal.name + suffix).unlink(missing_ok=True)
             layout.journal.with_suffix(".import").replace(layout.journal)
             shutil.copyfile(folder / "memory.safetensors", layout.state)
+            shutil.rmtree(layout.ltm, ignore_errors=True)
+            if (folder / _LTM).is_dir():
+                shutil.copytree(folder / _LTM, layout.ltm)
         return count
     finally:
         lock.release()
@@ -94,6 +101,8 @@ def _unpack(file: Path, into: Path) -> Path:
                 raise ArchiveError(f"{file} is not a memchat archive (missing {set(_MEMBERS) - names})")
             for name in _MEMBERS:
                 tar.extract(name, into, filter="data")
+            ltm = [m for m in tar.getmembers() if m.name == _LTM or m.name.startswith(_LTM + "/")]
+            tar.extractall(into, members=ltm, filter="data")
     except (tarfile.TarError, OSError) as error:
         raise ArchiveError(f"cannot read {file}: {error}") from None
     return into

@@ -7,10 +7,12 @@ caches of that fold: on open we load the newest consistent one and replay the ro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 FORGOTTEN_KEY = "journal_forgotten"  # forgotten rows with id <= upto when the state was saved
 ORIGINS_KEY = "origins"  # JSON {journal row id: memory rows it still occupies}
+LTM_ROWS_KEY = "ltm_rows"  # M+: long-term rows in the state
 MODEL_KEY = "model"
 RATE_KEY = "inject_tokens_per_s"  # journal meta: measured replay speed, for forget's time estimate
 LIVE = ("pending", "applied")
@@ -62,6 +65,9 @@ class Options:
     snapshot_budget: int = 8 << 30
     snapshot_every: int = 256
     checkpoint_every: int = 32
+    # M+ long-term memory segment files: 16,384 rows of 4096 bf16 values, so few files, and collecting
+    # one frees a lot.
+    ltm_segment_bytes: int = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,11 @@ class Memory:
             if options.seed is not None
             else journal.meta_setdefault("salt", secrets.token_hex(8))
         )
+        self.ltm = None  # M+, as the holder: the long-term rows on disk (store.ltm.SegmentLog)
+        if engine is not None and engine.config.is_mplus:
+            from memchat.store.ltm import SegmentLog
+
+            self.ltm = SegmentLog(layout.ltm, options.ltm_segment_bytes)
         self._saved_upto = -1  # the journal row the state file includes up to, once known
         self._unsaved = 0
         self._timed_tokens, self._timed_seconds = 0, 0.0
@@ -176,6 +187,8 @@ class Memory:
             if self.holder and self.upto != self._saved_upto:
                 self.checkpoint()
         finally:
+            if self.ltm is not None:
+                self.ltm.close()
             if self.holder:
                 self.lock.release()
             self.journal.close()
@@ -234,7 +247,9 @@ class Memory:
         done = 0
         for row in rows:
             start = time.perf_counter()
+            before = self.engine.state.ltm
             self._timed_tokens += self._apply(row)
+            self._record_pruned(before, row.id)
             self._timed_seconds += time.perf_counter() - start
             self._unsaved += 1
             done += 1
@@ -252,8 +267,19 @@ class Memory:
         self.engine.inject(ids, seed=row.seed, origin=row.id)
         return len(ids)
 
+    def _record_pruned(self, before, row_id: int) -> None:
+        """Tombstone the long-term rows that applying journal row `row_id` pruned, for `collect`."""
+        if self.ltm is None:
+            return
+        from memchat.engine.state import pruned_row_ids
+
+        for layer, ids in enumerate(pruned_row_ids(before, self.engine.state.ltm)):
+            if len(ids):
+                self.ltm.tombstone(layer, ids, row_id)
+
     def checkpoint(self) -> None:
-        """Save the state atomically with the journal row it includes up to; snapshot when due."""
+        """Save the state atomically with the journal row it includes up to; snapshot when due; then
+        delete the long-term values no restorable state needs any more."""
         tensors = self.engine.state.to_tensors()
         meta = {
             UPTO_KEY: str(self.upto),
@@ -261,6 +287,9 @@ class Memory:
             MODEL_KEY: self.options.model,
             ORIGINS_KEY: json.dumps(origin_counts(tensors["origins"])),
         }
+        if self.ltm is not None:
+            meta[LTM_ROWS_KEY] = str(self.ltm_rows())
+            self.ltm.flush()  # the rows the state names reach the disk before the state does
         from memchat.store.state import save_state
 
         save_state(self.layout.state, tensors, meta)
@@ -269,6 +298,8 @@ class Memory:
             self.journal.set_meta(RATE_KEY, f"{self._timed_tokens / self._timed_seconds:.1f}")
         if self.snapshots.due(self.upto, self.layout.state.stat().st_size):
             self.snapshots.link(self.layout.state, self.upto)
+        if self.ltm is not None:
+            self.ltm.collect(min((s.upto for s in self.snapshots.list()), default=self.upto))
 
     # --- chatting -----------------------------------------------------------------------------------
 
@@ -322,6 +353,7 @@ class Memory:
 
     def _saved_state(self):
         """The newest saved state consistent with the journal (else a snapshot, else the checkpoint's)."""
+        from memchat.engine.state import LogMismatch
         from memchat.store.state import load_state
 
         try:
@@ -331,7 +363,7 @@ class Memory:
             self.notice("memory: the saved state predates a forget; rebuilding it from the journal")
         except FileNotFoundError:
             pass
-        except CorruptState as error:
+        except (CorruptState, LogMismatch) as error:
             self.notice(f"memory: {error}; falling back to the last good snapshot and the journal")
         return self._base_before(self.journal.last_id() + 1)
 
@@ -340,24 +372,42 @@ class Memory:
         return upto >= 0 and meta.get(FORGOTTEN_KEY) == str(self.journal.forgotten_count(upto))
 
     def _base_before(self, row_id: int):
-        """The newest consistent snapshot holding only rows < row_id, else the checkpoint's memory."""
-        found = self.snapshots.load_before(row_id, on_corrupt=lambda path, e: self.notice(f"memory: {e}"))
-        if found is not None and self._consistent(found[1]):
-            return self._to_state(found[0])
-        return self._initial_state()
+        """The newest usable snapshot holding only rows < row_id, else the checkpoint's memory."""
+        from memchat.engine.state import LogMismatch
 
-    def _initial_state(self):
+        def report(path: Path, error: CorruptState) -> None:
+            self.notice(f"memory: {error}")
+
+        while (found := self.snapshots.load_before(row_id, on_corrupt=report)) is not None:
+            tensors, meta, row_id = found  # an older one next, if this one is unusable
+            if not self._consistent(meta):
+                continue
+            try:
+                return self._to_state(tensors)
+            except LogMismatch as error:
+                self.notice(f"memory: snapshot {row_id}: {error}; trying an older one")
+        return self._initial_state(self.ltm)
+
+    def _initial_state(self, log):
+        """The checkpoint's memory; M+ long-term rows go to `log`, emptied first (what it holds belongs
+        to the later states this one replaces)."""
         from memchat.engine.load import load_initial_state
 
         model = self.engine.model
-        return load_initial_state(self.engine.folder, model.config, model.dtype, model.device)
+        if log is not None:
+            log.rewind([0] * model.config.num_layers, 0)
+        return load_initial_state(self.engine.folder, model.config, model.dtype, model.device, log)
 
     def _to_state(self, tensors):
+        """A saved state over this memory's long-term log, cut back to the rows the state was built over
+        (later ones came from injections the journal replays)."""
         from memchat.engine.state import MemoryState
 
         model = self.engine.model
-        state = MemoryState.from_tensors(tensors)
+        state = MemoryState.from_tensors(tensors, self.ltm)
         state.memory = state.memory.to(model.device, model.dtype)
+        if self.ltm is not None:
+            self.ltm.rewind(state.ltm.log_lengths, state.last_injection)
         return state
 
     # --- forgetting -----------------------------------------------------------------------------------
@@ -405,21 +455,43 @@ class Memory:
     def origins(self) -> dict[int, int]:
         return origin_counts(self.engine.state.origins)
 
+    def ltm_rows(self) -> int | None:
+        """M+: how many long-term rows the memory holds."""
+        ltm = self.engine.state.ltm
+        return sum(len(ids) for ids in ltm.row_ids) if ltm is not None else None
+
     def verify(self, progress: Progress | None = None) -> tuple[str, str]:
-        """(live digest, digest rebuilt from the checkpoint and the whole journal)."""
+        """(live digest, digest rebuilt from the checkpoint and the whole journal); the rebuild writes its
+        long-term rows to a scratch log, never to this memory's."""
         live = self.engine.state
         upto = self.upto
-        try:
-            self.engine.state = self._initial_state()
-            rows = [r for r in self.journal.rows(0, LIVE) if r.id <= upto]
-            for done, row in enumerate(rows, 1):
-                self._apply(row)
-                if progress:
-                    progress(done, len(rows))
-            rebuilt = self.digest()
-        finally:
-            self.engine.state = live
+        with self._scratch_log() as scratch:
+            try:
+                self.engine.state = self._initial_state(scratch)
+                rows = [r for r in self.journal.rows(0, LIVE) if r.id <= upto]
+                for done, row in enumerate(rows, 1):
+                    self._apply(row)
+                    if progress:
+                        progress(done, len(rows))
+                rebuilt = self.digest()
+            finally:
+                self.engine.state = live
         return memory_digest(live.to_tensors()), rebuilt
+
+    @contextlib.contextmanager
+    def _scratch_log(self) -> Iterator:
+        """M+: a long-term log in a temporary folder beside this memory's; None for MemoryLLM."""
+        if self.ltm is None:
+            yield None
+            return
+        from memchat.store.ltm import SegmentLog
+
+        with tempfile.TemporaryDirectory(dir=self.layout.root, prefix=".verify-") as folder:
+            log = SegmentLog(Path(folder), self.options.ltm_segment_bytes)
+            try:
+                yield log
+            finally:
+                log.close()
 
 
 # CUDA context, activations and the KV cache's room for prompt and reply, beyond the estimate below.
@@ -468,15 +540,18 @@ def check_gpu_fits(model: str, folder: Path, device: str | None, quant: str | No
         )
 
 
-BOOKKEEPING = ("origins",)  # which injection wrote which row: bookkeeping, not memory
+# Which injection wrote which row, and where long-term rows sit in their log: bookkeeping, not memory
+# (the long-term rows' values count through `ltm.rows_sha256.*`). Names, or prefixes ending in '.'.
+BOOKKEEPING = ("origins", "ltm.row_ids.", "ltm.log_lengths")
 
 
 def memory_digest(tensors: dict) -> str:
     """sha256 of the memory state in a canonical byte form, bookkeeping left out; equal to
     `saved_digest` of the state file the same tensors were saved to."""
+    from memchat.store.header import excluded
     from memchat.store.state import state_digest
 
-    return state_digest({k: v for k, v in tensors.items() if k not in BOOKKEEPING})
+    return state_digest({k: v for k, v in tensors.items() if not excluded(k, BOOKKEEPING)})
 
 
 def origin_counts(origins) -> dict[int, int]:

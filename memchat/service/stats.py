@@ -9,7 +9,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from memchat.service.memory import ORIGINS_KEY, Memory, Options, memory_layout, saved_digest, saved_meta
+from memchat.service.memory import (
+    LTM_ROWS_KEY,
+    ORIGINS_KEY,
+    Memory,
+    Options,
+    memory_layout,
+    saved_digest,
+    saved_meta,
+)
 from memchat.store.journal import Journal
 from memchat.store.paths import MemoryLayout
 
@@ -25,6 +33,8 @@ def stats(options: Options, live: Memory | None = None) -> dict:
         digest = saved_digest(layout)
         if live is not None and live.holder:
             meta, digest = {**meta, ORIGINS_KEY: json.dumps(live.origins())}, live.digest()
+            if live.ltm is not None:
+                meta[LTM_ROWS_KEY] = str(live.ltm_rows())
         origins = {int(k): v for k, v in json.loads(meta.get(ORIGINS_KEY, "{}")).items()}
         rows = {i: journal.get(i) for i in origins if i >= 0}
         last = journal.last_row_time()
@@ -45,12 +55,23 @@ def stats(options: Options, live: Memory | None = None) -> dict:
         "memory_digest": digest,
         "snapshots": _count(layout.snapshots, "*.safetensors"),
         "disk_bytes": _disk_bytes(layout.root),
+        **_ltm_rows(layout, meta),
         "last_used": last,
         "pool_rows": total_rows,
         "pool_by_source": _shares(by_source, total_rows),
         "pool_by_period": _shares(by_period, total_rows),
         "path": str(layout.root),
     }
+
+
+def _ltm_rows(layout: MemoryLayout, meta: dict[str, str]) -> dict[str, int | None]:
+    """M+: long-term rows in the memory, and rows whose values are on disk (live ones, and pruned ones
+    that a snapshot may still need); nothing for MemoryLLM."""
+    if LTM_ROWS_KEY not in meta:
+        return {}
+    from memchat.store.ltm import disk_rows  # here: it loads numpy, which stats otherwise never needs
+
+    return {"ltm_rows_live": int(meta[LTM_ROWS_KEY]), "ltm_rows_on_disk": disk_rows(layout.ltm)}
 
 
 def _shares(counts: dict[str, int], total: int) -> dict[str, float]:
@@ -82,6 +103,8 @@ def render_stats(console, data: dict) -> None:
         ("digest", (data["memory_digest"] or "-")[:16]),
     ):
         table.add_row(label, str(value))
+    if "ltm_rows_live" in data:
+        table.add_row("long-term rows", f"{data['ltm_rows_live']} live, {data['ltm_rows_on_disk']} on disk")
     console.print(table)
     for title, shares in (
         ("memory pool by source", data["pool_by_source"]),

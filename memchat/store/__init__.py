@@ -1,5 +1,5 @@
-"""Disk and durability for memchat: the journal (the truth), state files and snapshots (caches of it), and
-the single-writer lock. No model code lives here.
+"""Disk and durability for memchat: the journal (the truth), state files, snapshots and the M+ long-term
+row log (caches of it, `ltm.py`), and the single-writer lock. No model code lives here.
 
 Names load on first use (PEP 562) so that `Journal` and `MemoryLock` do not pull in torch: a process that
 only appends to the journal or probes the lock starts in milliseconds instead of a second.

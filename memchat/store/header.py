@@ -116,14 +116,19 @@ def tensor_hashes(entries: dict, meta: dict[str, str]) -> dict[str, str]:
     return {name: joined[64 * i:64 * (i + 1)] for i, name in enumerate(names)}
 
 
+def excluded(name: str, exclude: tuple[str, ...]) -> bool:
+    """Whether `exclude` names `name`: by the whole name, or by a prefix ending in '.'."""
+    return any(name == e or (e.endswith(".") and name.startswith(e)) for e in exclude)
+
+
 def read_digest(path: str | Path, exclude: tuple[str, ...] = ()) -> str:
-    """The digest of a saved state (less the `exclude`d tensors) from its header alone: no payload read,
-    no torch. Trusts the header; `load_state` verifies it against the payload."""
+    """The digest of a saved state (less the `exclude`d tensors, see `excluded`) from its header alone: no
+    payload read, no torch. Trusts the header; `load_state` verifies it against the payload."""
     path = Path(path)
     with open_state(path) as f:
         entries, meta, _, _ = read_header(path, f)
     hashes = tensor_hashes(entries, meta)
-    kept = [(n, e["dtype"], e["shape"], hashes[n]) for n, e in entries.items() if n not in exclude]
+    kept = [(n, e["dtype"], e["shape"], hashes[n]) for n, e in entries.items() if not excluded(n, exclude)]
     return compose_digest(kept)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -58,6 +59,22 @@ def ensure_dir(path: Path) -> Path:
     if not path.is_dir():
         raise StoreError(f"{path} exists but is not a directory; move it aside")
     return path
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a folder's renames and new names, durable; without the folder's, a power cut
+    can bring back an old name, or lose a new file whose data was synced."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def validate_profile(profile: str) -> str:

@@ -37,7 +37,7 @@ from .header import (
     open_state,
     read_header,
 )
-from .paths import FILE_MODE, ensure_dir
+from .paths import FILE_MODE, ensure_dir, fsync_path
 
 FORMAT = "memchat-state-2"
 _RESERVED_PREFIX = "store."
@@ -74,6 +74,11 @@ def dtype_code(dtype: torch.dtype) -> str:
         return _DTYPE_CODES[dtype]
     except KeyError:
         raise StoreError(f"cannot store tensors of dtype {dtype}; convert them to a standard dtype") from None
+
+
+def code_dtype(code: str) -> torch.dtype:
+    """The dtype of a safetensors dtype name (`dtype_code` inverted)."""
+    return _CODE_DTYPES[code]
 
 
 def _cpu_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -147,21 +152,6 @@ def _write_all(fd: int, data: memoryview) -> None:
     while len(data):
         written = os.write(fd, data)
         data = data[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; without this a power cut can bring back the old name."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _temp_name(path: Path) -> Path:
@@ -257,7 +247,7 @@ def save_state(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapp
                 f"disk full while saving {path}; the previous file is intact, free some space and retry"
             ) from exc
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _read_exact(f: io.RawIOBase, into: memoryview) -> bool:
@@ -305,7 +295,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise corrupt(path, "checksum mismatch")
     tensors = {}
     for name, entry in entries.items():
-        dtype = _CODE_DTYPES[entry["dtype"]]
+        dtype = code_dtype(entry["dtype"])
         start, stop = entry["data_offsets"]
         part = buffer[start:stop]
         if stop == start:

@@ -84,27 +84,31 @@ def test_forget_since_gives_the_digest_of_a_memory_that_never_saw_the_rows(tmp_p
     assert "ok" in memchat(home, "memory", "verify", model=model).stdout
 
 
-def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-mplus"])
+def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path, model):
     notes = write_notes(tmp_path / "notes", repeat=12)
-    for i in range(6):
+    # M+ prunes a long-term row after 10 merges (one per two injections): write enough for that.
+    for i in range(6 if model == "tiny" else 18):
         (notes / f"extra{i}.md").write_text(f"Note {i}. " + NOTES["a.md"] * 8)
-    memchat(tmp_path / "clean", "ingest", str(notes))
-    expected = stats(tmp_path / "clean")
+    memchat(tmp_path / "clean", "ingest", str(notes), model=model)
+    expected = stats(tmp_path / "clean", model)
+    if model == "tiny-mplus":  # enough merges that long-term rows were pruned, as well as appended
+        assert expected["ltm_rows_live"] < expected["ltm_rows_on_disk"], expected
 
     home = tmp_path / "killed"
     rng = random.Random(1234)
     for _ in range(4):
         proc = subprocess.Popen(
             [sys.executable, "-m", "memchat.cli", "ingest", str(notes)],
-            env=env_for(home),
+            env=env_for(home, model),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(2.0, 6.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    memchat(home, "ingest", str(notes))
-    got = stats(home)
+    memchat(home, "ingest", str(notes), model=model)
+    got = stats(home, model)
     assert (got["injections"], got["memory_digest"]) == (expected["injections"], expected["memory_digest"])
 
 
@@ -142,15 +146,22 @@ def test_empty_folder_injects_nothing(tmp_path):
     assert stats(tmp_path / "home")["injections"] == 0
 
 
-def test_export_then_import_into_another_profile(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-mplus"])
+def test_export_then_import_into_another_profile(tmp_path, model):
     home = tmp_path / "home"
-    memchat(home, "ingest", str(write_notes(tmp_path / "notes")))
-    digest = stats(home)["memory_digest"]
-    memchat(home, "memory", "export", str(tmp_path / "m.tar"))
-    memchat(home, "--profile", "copy", "memory", "import", str(tmp_path / "m.tar"))
-    copy = json.loads(memchat(home, "--profile", "copy", "memory", "stats", "--json").stdout)
-    assert copy["memory_digest"] == digest and copy["injections"] == 4
-    again = memchat(home, "--profile", "copy", "memory", "import", str(tmp_path / "m.tar"), check=False)
+    memchat(home, "ingest", str(write_notes(tmp_path / "notes")), model=model)
+    original = stats(home, model)
+    memchat(home, "memory", "export", str(tmp_path / "m.tar"), model=model)
+    memchat(home, "--profile", "copy", "memory", "import", str(tmp_path / "m.tar"), model=model)
+    copy = json.loads(memchat(home, "--profile", "copy", "memory", "stats", "--json", model=model).stdout)
+    assert copy["memory_digest"] == original["memory_digest"] and copy["injections"] == 4
+    if model == "tiny-mplus":  # the long-term rows came along: the state opens without a rebuild
+        assert copy["ltm_rows_live"] == original["ltm_rows_live"] > 0
+        assert copy["ltm_rows_on_disk"] == original["ltm_rows_on_disk"] >= copy["ltm_rows_live"]
+        verify = memchat(home, "--profile", "copy", "memory", "verify", model=model)
+        assert "ok" in verify.stdout and "falling back" not in verify.stderr, verify.stderr
+    again = memchat(home, "--profile", "copy", "memory", "import", str(tmp_path / "m.tar"), check=False,
+                    model=model)
     assert again.returncode == 1 and "--force" in again.stderr
 
 

@@ -28,12 +28,24 @@ def random_ids(n: int, seed: int, vocab: int = 512) -> Tensor:
 
 
 def clone_state(state: MemoryState) -> MemoryState:
-    return MemoryState.from_tensors({k: v.clone() for k, v in state.to_tensors().items()})
+    """A copy over the same row log: safe, since the log only grows."""
+    tensors = {k: v.clone() for k, v in state.to_tensors().items()}
+    return MemoryState.from_tensors(tensors, state.ltm.log if state.ltm else None)
+
+
+def _content(state: MemoryState) -> dict[str, Tensor]:
+    """The exported tensors less where long-term rows sit in their log (engines sharing a log append at
+    different ids), plus the long-term rows' values."""
+    where = ("ltm.row_ids.", "ltm.log_lengths")
+    out = {k: v for k, v in state.to_tensors().items() if not k.startswith(where)}
+    for layer in range(state.ltm.layers if state.ltm else 0):
+        out[f"ltm.rows.{layer}"] = state.ltm.live_rows(layer)
+    return out
 
 
 def assert_states_equal(a: MemoryState, b: MemoryState) -> None:
-    """Bit-identical exported tensors: same names, dtypes, shapes and values."""
-    ta, tb = a.to_tensors(), b.to_tensors()
+    """Bit-identical memories: the same tensor names, dtypes, shapes and values."""
+    ta, tb = _content(a), _content(b)
     assert sorted(ta) == sorted(tb)
     for name in ta:
         assert ta[name].dtype == tb[name].dtype, name
@@ -42,7 +54,7 @@ def assert_states_equal(a: MemoryState, b: MemoryState) -> None:
 
 
 def states_equal(a: MemoryState, b: MemoryState) -> bool:
-    ta, tb = a.to_tensors(), b.to_tensors()
+    ta, tb = _content(a), _content(b)
     return sorted(ta) == sorted(tb) and all(
         ta[k].shape == tb[k].shape and torch.equal(ta[k], tb[k]) for k in ta
     )

@@ -47,7 +47,7 @@ def test_replaying_injections_is_bit_identical(engine_of, kind):
         assert cfg.update_ltm_frequency == 2
         initial = engine_of(kind).state.ltm
         assert a.state.ltm.update_step == 0
-        assert all(len(r) > len(r0) for r, r0 in zip(a.state.ltm.rows, initial.rows, strict=True))
+        assert all(len(r) > len(r0) for r, r0 in zip(a.state.ltm.row_ids, initial.row_ids, strict=True))
         assert not torch.equal(a.state.ltm.ages[0][: len(initial.ages[0])], initial.ages[0])
 
 

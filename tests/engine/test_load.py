@@ -209,8 +209,8 @@ def test_only_backbone_linears_are_quantized(tiny_checkpoint, kind, quant):
                 for linear in getattr(block.self_attn, sel):
                     if isinstance(linear, nn.Linear):
                         assert not _is_quantized(linear) and _plain_float(linear.weight)
-        for layer_list in (state.ltm.rows, state.ltm.keys):
-            assert all(t.dtype == torch.float32 for t in layer_list)
+        rows = [state.ltm.live_rows(layer) for layer in range(state.ltm.layers)]
+        assert all(t.dtype == torch.float32 for t in rows + state.ltm.keys)
     assert state.memory.dtype == torch.float32
 
 

@@ -11,12 +11,15 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from memchat.engine.config import MemoryConfig
+from memchat.engine.rowlog import RamRowLog
 from memchat.engine.state import (
     CHECKPOINT_ORIGIN,
+    LogMismatch,
     LongTermMemory,
     MemoryState,
     kept_indices,
     merge_cache,
+    pruned_row_ids,
     retrieve,
     update,
 )
@@ -132,8 +135,8 @@ def test_first_update_tiles_the_delta(tiny_checkpoint, rows):
 
 def _ltm(rows: list[int], cached: list[int], rf: list[list[float]], d: int = 4, h: int = 3) -> LongTermMemory:
     g = torch.Generator().manual_seed(1)
-    return LongTermMemory(
-        rows=[torch.randn(n, d, generator=g) for n in rows],
+    return LongTermMemory.of_rows(
+        [torch.randn(n, d, generator=g) for n in rows],
         keys=[torch.randn(n, h, generator=g) for n in rows],
         ages=[torch.arange(n, dtype=torch.float64) * 3 for n in rows],
         recall_frequencies=[torch.tensor(r, dtype=torch.float64) for r in rf],
@@ -155,9 +158,9 @@ def test_merge_cache_prunes_or_undoes_the_decay(tiny_checkpoint):
     assert merged.update_step == 0
     cached = (merged.cached_rows, merged.cached_keys, merged.cached_ages)
     assert all(len(c) == 0 for lst in cached for c in lst)
-    assert torch.equal(merged.rows[0], torch.cat([ltm.rows[0], ltm.cached_rows[0]]))
+    assert torch.equal(merged.live_rows(0), torch.cat([ltm.live_rows(0), ltm.cached_rows[0]]))
     assert merged.recall_frequencies[0].tolist() == [1.0] * 20 + [10.0] * K
-    assert torch.equal(merged.rows[1], torch.cat([ltm.rows[1][5:], ltm.cached_rows[1]]))
+    assert torch.equal(merged.live_rows(1), torch.cat([ltm.live_rows(1)[5:], ltm.cached_rows[1]]))
     assert torch.equal(merged.keys[1], torch.cat([ltm.keys[1][5:], ltm.cached_keys[1]]))
     assert torch.equal(merged.ages[1], torch.cat([ltm.ages[1][5:], ltm.cached_ages[1]]))
     assert merged.recall_frequencies[1].tolist() == [4.0] * 15 + [9.0] * K
@@ -172,7 +175,7 @@ def test_retrieve_takes_rows_cyclically_when_the_ltm_is_small(tiny_checkpoint):
     rows, picks = retrieve(cfg, ltm, 0, queries)
     # The last 16 of 0..4 repeated: row 4 four times, the others three times; then oldest first.
     assert picks.tolist() == [1] * 3 + [4] * 4 + [2] * 3 + [3] * 3 + [0] * 3
-    assert rows.shape == (k, 4) and torch.equal(rows, ltm.rows[0][picks])
+    assert rows.shape == (k, 4) and torch.equal(rows, ltm.live_rows(0)[picks])
 
 
 def test_retrieve_scores_ltm_and_cache_then_orders_oldest_first(tiny_checkpoint):
@@ -183,8 +186,8 @@ def test_retrieve_scores_ltm_and_cache_then_orders_oldest_first(tiny_checkpoint)
     strength = torch.randperm(S + C, generator=g).double() / 10  # distinct scores, known order
     keys = (strength[:, None] * direction).float()
     ages = torch.randperm(S + C, generator=g).double() * 2  # distinct ages
-    ltm = LongTermMemory(
-        rows=[torch.randn(S, 5, generator=g)],
+    ltm = LongTermMemory.of_rows(
+        [torch.randn(S, 5, generator=g)],
         keys=[keys[:S]],
         ages=[ages[:S]],
         recall_frequencies=[torch.ones(S, dtype=torch.float64)],
@@ -198,7 +201,7 @@ def test_retrieve_scores_ltm_and_cache_then_orders_oldest_first(tiny_checkpoint)
     assert set(picks.tolist()) == top
     assert any(p >= S for p in picks.tolist())  # cache rows compete with the long-term rows
     assert ages[picks].tolist() == sorted(ages[picks].tolist(), reverse=True)
-    everything = torch.cat([ltm.rows[0], ltm.cached_rows[0]])
+    everything = torch.cat([ltm.live_rows(0), ltm.cached_rows[0]])
     assert torch.equal(rows, everything[picks])
 
 
@@ -215,13 +218,15 @@ def test_to_tensors_round_trip(engine_of, kind):
     if kind == "mplus":
         assert state.ltm.update_step == engine.config.num_tokens
         assert all(len(c) > 0 for c in state.ltm.cached_rows)
-        assert all(len(r) > 16 for r in state.ltm.rows)
+        assert all(len(r) > 16 for r in state.ltm.row_ids)
     tensors = state.to_tensors()
     assert all(isinstance(t, torch.Tensor) for t in tensors.values())
-    restored = MemoryState.from_tensors(tensors)
+    log = state.ltm.log if state.ltm else None
+    restored = MemoryState.from_tensors(tensors, log)
     assert_states_equal(restored, state)
     # Through the bytes of a safetensors file, as a store would keep it.
-    restored = MemoryState.from_tensors(st_load(st_save({k: v.contiguous() for k, v in tensors.items()})))
+    saved = st_save({k: v.contiguous() for k, v in tensors.items()})
+    restored = MemoryState.from_tensors(st_load(saved), log)
     assert_states_equal(restored, state)
     assert restored.initialized == state.initialized
     if kind == "mplus":
@@ -240,3 +245,69 @@ def test_round_trip_of_an_uninitialised_state(engine_of):
     restored = MemoryState.from_tensors(state.to_tensors())
     assert not restored.initialized
     assert states_equal(restored, state) and not states_equal(restored, engine.state)
+
+
+# --- the long-term row log ------------------------------------------------------------------------------
+
+
+class _CountingLog(RamRowLog):
+    """An in-RAM log that remembers which ids were read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[int] = []
+
+    def read(self, layer, ids):
+        self.reads += ids.tolist()
+        return super().read(layer, ids)
+
+
+def test_retrieval_reads_only_the_rows_it_picks(tiny_checkpoint):
+    cfg = _cfg(tiny_checkpoint, "mplus")
+    k, S = cfg.ltm_rows_retrieved, 200
+    g = torch.Generator().manual_seed(4)
+    log = _CountingLog()
+    ltm = LongTermMemory.of_rows(
+        [torch.randn(S, 5, generator=g)],
+        log,
+        keys=[torch.randn(S, 3, generator=g)],
+        ages=[torch.randperm(S, generator=g).double()],
+        recall_frequencies=[torch.ones(S, dtype=torch.float64)],
+        cached_rows=[torch.randn(4, 5, generator=g)],
+        cached_keys=[torch.randn(4, 3, generator=g)],
+        cached_ages=[torch.arange(4, dtype=torch.float64) + 1000],
+    )
+    rows, picks = retrieve(cfg, ltm, 0, torch.randn(6, 3, generator=g))
+    stored = picks[picks < S]
+    assert sorted(log.reads) == sorted(stored.tolist()) and len(log.reads) <= k
+    assert torch.equal(rows, torch.cat([ltm.live_rows(0), ltm.cached_rows[0]])[picks])
+
+
+def test_a_state_stays_valid_after_later_states_append_and_prune(engine_of):
+    engine = engine_of("mplus", initial_rf_when_moving_stm_to_ltm=4, update_ltm_frequency=1)
+    _inject_many(engine, 2)
+    old = engine.state
+    saved = old.to_tensors()
+    values = [old.ltm.live_rows(layer).clone() for layer in range(old.ltm.layers)]
+    _inject_many(engine, 6, first_seed=300)  # merges append and, from the fourth on, prune
+    new = engine.state
+    assert all(n > o for n, o in zip(new.ltm.log_lengths, old.ltm.log_lengths, strict=True))
+    pruned = pruned_row_ids(old.ltm, new.ltm)
+    assert all(len(ids) > 0 for ids in pruned)
+    assert not any(torch.isin(ids, kept).any() for ids, kept in zip(pruned, new.ltm.row_ids, strict=True))
+    # The old state still reads its rows, pruned ones included, and restores from its export.
+    assert all(torch.equal(old.ltm.live_rows(i), v) for i, v in enumerate(values))
+    assert_states_equal(MemoryState.from_tensors(saved, old.ltm.log), old)
+
+
+def test_a_state_refuses_a_log_without_its_rows(engine_of):
+    engine = engine_of("mplus")
+    _inject_many(engine, 2)
+    tensors = engine.state.to_tensors()
+    with pytest.raises(LogMismatch, match="lacks rows"):
+        MemoryState.from_tensors(tensors, RamRowLog())
+    other = RamRowLog()  # as long, other values
+    for layer, n in enumerate(engine.state.ltm.log_lengths):
+        other.append(layer, torch.randn(n, engine.config.hidden_size))
+    with pytest.raises(LogMismatch, match="differ"):
+        MemoryState.from_tensors(tensors, other)
