@@ -9,14 +9,13 @@ cover its long-term rows without reading them.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-SHA256_BYTES = 32
+from memchat.rowhash import SHA256_BYTES, row_sha256
 
 
 class RowLog(Protocol):
@@ -39,12 +38,6 @@ class RowLog(Protocol):
     def has(self, layer: int, ids: Tensor) -> bool:
         """Whether every row at `ids` can be read."""
         ...
-
-
-def row_sha256(raw: np.ndarray) -> np.ndarray:
-    """sha256 of each row of raw bytes [n, row_bytes] -> [n, 32] uint8."""
-    digests = b"".join(hashlib.sha256(row).digest() for row in raw)
-    return np.frombuffer(digests, dtype=np.uint8).reshape(len(raw), SHA256_BYTES)
 
 
 def row_bytes(rows: Tensor) -> np.ndarray:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import mmap
 import os
@@ -39,6 +38,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from memchat.rowhash import SHA256_BYTES, row_sha256
+
 from .errors import CorruptState, StoreError
 from .header import ITEMSIZE
 from .paths import FILE_MODE, ensure_dir, fsync_path
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 FORMAT = "memchat-ltm-1"
-_SHA = 32
 _MANIFEST = "manifest.json"
 _HASHES = "rows.sha256"
 _SEGMENT = re.compile(r"(\d{8})\.rows")
@@ -116,7 +116,7 @@ class SegmentLog:
         start = self.length(layer)
         self._write_values(layer, start, raw)
         # The hash goes last: a row exists once its hash is written.
-        self._write(self._hashes_path(layer), _row_sha256(raw), start * _SHA)
+        self._write(self._hashes_path(layer), row_sha256(raw), start * SHA256_BYTES)
         self._set_length(layer, start + len(raw))
         return torch.arange(start, start + len(raw))
 
@@ -139,8 +139,8 @@ class SegmentLog:
 
         self._check_ids(layer, ids)
         if len(ids) == 0:
-            return torch.zeros(0, _SHA, dtype=torch.uint8)
-        hashes = self._map(self._hashes_path(layer), _SHA, self.length(layer))
+            return torch.zeros(0, SHA256_BYTES, dtype=torch.uint8)
+        hashes = self._map(self._hashes_path(layer), SHA256_BYTES, self.length(layer))
         return torch.from_numpy(hashes[np.asarray(ids)])
 
     def length(self, layer: int) -> int:
@@ -330,7 +330,7 @@ class SegmentLog:
         if self._manifest is None:
             return 0
         hashes = self._hashes_path(layer)
-        n = hashes.stat().st_size // _SHA if hashes.exists() else 0
+        n = hashes.stat().st_size // SHA256_BYTES if hashes.exists() else 0
         self._cut(layer, n)
         return n
 
@@ -346,13 +346,8 @@ class SegmentLog:
             elif (segment + 1) * R > n and path.stat().st_size > (n - segment * R) * row_bytes:
                 os.truncate(path, (n - segment * R) * row_bytes)
         hashes = self._hashes_path(layer)
-        if hashes.exists() and hashes.stat().st_size > n * _SHA:
-            os.truncate(hashes, n * _SHA)
-
-
-def _row_sha256(raw: np.ndarray) -> np.ndarray:
-    """The sha256 of each row of raw bytes [n, row_bytes], concatenated (as the engine's in-RAM log)."""
-    return np.frombuffer(b"".join(hashlib.sha256(row).digest() for row in raw), dtype=np.uint8)
+        if hashes.exists() and hashes.stat().st_size > n * SHA256_BYTES:
+            os.truncate(hashes, n * SHA256_BYTES)
 
 
 def _damaged(path: Path, why: str) -> CorruptState:
