@@ -166,12 +166,43 @@ def test_nano_preset(monkeypatch, tmp_path):
         resolve("nano")
 
 
-def test_the_shipped_nano_model_loads():
+def _shipped_nano() -> Path:
     folder = nano_candidates()[0]
     if not (folder / "config.json").is_file():
         pytest.skip(f"{folder} is not there (the trained model is not shipped yet)")
+    return folder
+
+
+def test_the_shipped_nano_model_loads():
+    folder = _shipped_nano()
     from memchat.engine.engine import Engine
 
     engine = Engine.load("nano", device="cpu")
     assert engine.folder == folder and engine.tokenizer.has_chat_template
     assert sum(p.stat().st_size for p in folder.iterdir()) < 25 * 2**20
+
+
+def test_the_shipped_nano_model_passes_the_engine_check_quantized():
+    folder = _shipped_nano()
+    from memchat.engine.engine import Engine
+
+    engine = Engine.load("nano", device="cpu", quant="int8")
+    tok = engine.tokenizer
+    turn = tok.encode(tok.format_turn("I live in Vienna.", "Noted."))
+    engine.inject(torch.tensor([turn]), seed=1, origin=1)
+    ids = torch.tensor([tok.encode_chat([{"role": "user", "content": "Where do I live?"}])])
+    reply = tok.decode(list(engine.generate_ids(ids)))
+    assert engine.state.last_injection == 1 and reply.strip(), (folder, reply)
+
+
+def test_the_shipped_nano_model_remembers(tmp_path):
+    """A small eval, as CI can afford: 24 held-out questions per D. At a true recall of 0.9, 16 or fewer
+    hits out of 24 has a probability of about 0.2%, so the bounds below flag a broken model, not noise."""
+    _shipped_nano()
+    config = load_config({"model": "nano"}, environ={}, home=tmp_path)
+    args = ["retention", "--n", "24", "--d", "0,4", "--json"]
+    result = CliRunner().invoke(eval_app, args, obj={"config": config})
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads([x for x in result.stdout.splitlines() if x.startswith("{")][-1])
+    assert data["recall"]["0"] >= 0.7 and data["recall"]["4"] >= 0.6, data
+    assert data["control"] <= 0.1 and data["abstain"] >= 0.6, data
