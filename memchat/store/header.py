@@ -100,7 +100,7 @@ def open_state(path: Path) -> io.RawIOBase:
 def compose_digest(tensors: list[tuple[str, str, list[int], str]]) -> str:
     """The user-visible digest of a state from its tensors' (name, dtype code, shape, sha256 hex), in a
     canonical form that does not depend on device, memory layout or file order."""
-    h = hashlib.sha256(b"memchat-state-digest-2\0")
+    h = hashlib.sha256(b"memchat-state-digest-3\0")
     for name, code, shape, sha in sorted(tensors):
         head = json.dumps([name, code, list(shape)], separators=(",", ":")).encode()
         h.update(len(head).to_bytes(8, "little"))

@@ -112,15 +112,31 @@ def test_every_flipped_byte_is_caught(tmp_path: Path) -> None:
         assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_one_flipped_bit_in_a_large_payload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("from_end", [1, 5_000_000, 30_000_000])
+def test_one_flipped_bit_in_a_large_payload(tmp_path: Path, from_end: int) -> None:
+    """36 MB: the threaded path, and a tensor of three hash pieces (last, middle and first are hit)."""
     path = tmp_path / "s.safetensors"
-    save_state(path, {"memory": torch.randn(3, 1024, 1024)}, {})  # 12 MB: the threaded path
+    tensors = {"memory": torch.randn(9, 1024, 1024), "small": torch.arange(5)}
+    save_state(path, tensors, {})
+    from memchat.store import read_digest
+
+    assert read_digest(path) == state_digest(tensors)
+    assert torch.equal(load_state(path)[0]["memory"], tensors["memory"])
     with open(path, "r+b") as f:
-        f.seek(-5_000_000, os.SEEK_END)
+        f.seek(-from_end, os.SEEK_END)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(CorruptState, match="checksum"):
+        load_state(path)
+
+
+def test_a_state_of_another_format_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "s.safetensors"
+    save_state(path, sample_state(), {})
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'"memchat-state-3"', b'"memchat-state-2"'))
+    with pytest.raises(CorruptState, match="format 'memchat-state-2'"):
         load_state(path)
 
 
