@@ -69,6 +69,7 @@ class TrainConfig:
     # copying a value from the prompt is learnt long before reading it from memory, and the same heads
     # then serve the memory rows.
     show_fact: float = 0.25
+    show_fact_first: int = 1500  # ... and all of them in the first steps: copying is learnt there first
     max_lead: int = 3  # turns injected before the fact (an update episode's old value sits there)
     levels: tuple[int, ...] = (0, 1, 2, 4, 8, 12, 16, 24, 32)  # curriculum of distances
     advance_at: float = 0.6  # recall (teacher-forced) at the top distance that opens the next level
@@ -80,6 +81,10 @@ class TrainConfig:
     eval_every: int = 1000
     eval_n: int = 32
     eval_distances: tuple[int, ...] = (0, 4, 16)
+
+    def fact_share(self, step: int) -> float:
+        """The share of short-distance batches whose prompt shows the fact, at `step`."""
+        return 1.0 if step < self.show_fact_first else self.show_fact
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -421,7 +426,7 @@ class Trainer:
         distance = self.curriculum.sample(rng, tc)
         batch = sample_batch(
             _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch,
-            show_fact=tc.show_fact,
+            show_fact=tc.fact_share(self.step),
         )
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(self.step)

@@ -165,7 +165,8 @@ def _weights(trainer) -> dict[str, torch.Tensor]:
 
 
 def test_checkpoint_and_resume_continue_bit_identically(make_trainer, tmp_path):
-    settings = dict(levels=(0, 1), advance_at=0.0, level_min_steps=2)  # the curriculum moves too
+    # the curriculum moves too (it watches memory-only batches: no steps that always show the fact)
+    settings = dict(levels=(0, 1), advance_at=0.0, level_min_steps=2, show_fact_first=0)
     straight = make_trainer(tmp_path / "a", **settings)
     train(straight, max_steps=6)
     first = make_trainer(tmp_path / "b", **settings)
@@ -264,3 +265,14 @@ def test_a_window_reaching_back_over_the_fact_shows_it(make_trainer, tmp_path):
     for b, ep in enumerate(episodes):
         assert ep.turns[0].user in enc.decode(shown.targets[b][shown.turn_tokens[b]].tolist())
         assert ep.turns[0].user not in enc.decode(hidden.targets[b][hidden.turn_tokens[b]].tolist())
+
+
+
+def test_the_first_steps_show_the_fact_then_a_share_of_batches(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, show_fact_first=2, show_fact=0.25)
+    assert [trainer.tc.fact_share(step) for step in (0, 1, 2, 3)] == [1.0, 1.0, 0.25, 0.25]
+    always = [sample_batch(Domain(), trainer.encoder, trainer.cfg, trainer.tc, 0, step, 1, 2, show_fact=1.0)
+              for step in range(3)]
+    never = [sample_batch(Domain(), trainer.encoder, trainer.cfg, trainer.tc, 0, step, 1, 2, show_fact=0.0)
+             for step in range(3)]
+    assert all(b.fact_shown for b in always) and not any(b.fact_shown for b in never)
