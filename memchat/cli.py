@@ -297,10 +297,11 @@ def memory_import(
     force: Annotated[bool, typer.Option(help="Replace a memory that is not empty.")] = False,
 ) -> None:
     """Replace this memory with an exported archive."""
+    from memchat.chat.actions import counted
     from memchat.service.archive import import_memory
 
     rows = import_memory(_options(ctx), file, force=force)
-    out.print(f"imported {rows} injections from {file}")
+    out.print(f"imported {counted(rows, 'injection')} from {file}")
 
 
 # --- model … --------------------------------------------------------------------------------------------

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from memchat.service.memory import Memory
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 injection', '2 injections'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def ingest_files(
     memory: Memory,
     paths: Sequence[str | Path],
@@ -45,7 +50,7 @@ def ingest_files(
         def on_file(plan) -> None:
             note = f" [dim]({escape(plan.note)})[/]" if plan.note else ""
             if verbose or dry_run or reported is not None:
-                what = f"{len(plan.chunks)} chunks, {plan.tokens} tokens"
+                what = f"{counted(len(plan.chunks), 'chunk')}, {counted(plan.tokens, 'token')}"
                 bar.console.print(f"{escape(str(plan.path))}: {what}{note}")
             bar.update(task, tokens=bar.tasks[task].fields["tokens"] + plan.tokens)
 
@@ -70,7 +75,8 @@ def ingest_files(
 def ingest_summary(report: IngestReport, dry_run: bool = False) -> str:
     verb = "would inject" if dry_run else "queued" if report.queued else "injected"
     return (
-        f"{verb} {report.chunks} chunks ({report.tokens} tokens) from {report.files} files; "
+        f"{verb} {counted(report.chunks, 'chunk')} ({counted(report.tokens, 'token')}) from "
+        f"{counted(report.files, 'file')}; "
         f"{report.unchanged} unchanged, {len(report.skipped)} skipped"
     )
 
@@ -97,12 +103,12 @@ def forget_matching(
         return 0
     cost = memory.replay_cost(ids)
     what = (
-        f"{len(ids)} injections"
+        counted(len(ids), "injection")
         + (f" since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}" if since else "")
         + (f" from {escape(source)}" if source else "")
     )
     eta = f", about {_duration(cost.seconds)}" if cost.seconds else ""
-    replay = f"{cost.rows} injections ({cost.tokens} tokens{eta})"
+    replay = f"{counted(cost.rows, 'injection')} ({counted(cost.tokens, 'token')}{eta})"
     console.print(f"will forget {what}; then replay {replay} to rebuild memory")
     if dry_run:
         return 0
@@ -110,7 +116,7 @@ def forget_matching(
         return None
     with progress_bar(console) as bar:
         memory.forget(ids, progress=progress_callback(bar, "rebuilding memory"))
-    console.print(f"forgot {len(ids)} injections")
+    console.print(f"forgot {counted(len(ids), 'injection')}")
     return len(ids)
 
 

@@ -22,15 +22,15 @@ def notes(tmp_path):
 def test_watch_ingests_new_and_edited_files_until_ctrl_c(tmp_path, terminal):
     home, folder = tmp_path / "home", notes(tmp_path)
     watcher = terminal(home, "ingest", "--watch", str(folder))
-    watcher.expect(re.escape("injected 1 chunks"))
+    watcher.expect(re.escape("injected 1 chunk ("))
     watcher.expect("Ctrl-C stops")
     (folder / "city.md").write_text(CITY)
-    watcher.expect(r"city\.md: 1 chunks")
-    watcher.expect(re.escape("injected 1 chunks"))
+    watcher.expect(r"city\.md: 1 chunk,")
+    watcher.expect(re.escape("injected 1 chunk ("))
     with open(folder / "dog.md", "a") as f:
         f.write(BREAD)
-    watcher.expect(r"dog\.md: 1 chunks")  # only the new paragraph, not the whole file again
-    watcher.expect(re.escape("injected 1 chunks"))
+    watcher.expect(r"dog\.md: 1 chunk,")  # only the new paragraph, not the whole file again
+    watcher.expect(re.escape("injected 1 chunk ("))
     (folder / ".draft.md").write_text(CITY + BREAD)  # hidden: never ingested
     data = stats(home)
     assert (data["injections"], data["pending"]) == (3, 0), data
@@ -46,12 +46,12 @@ def test_while_a_chat_holds_the_memory_the_watcher_queues_and_the_chat_applies(t
     chat = terminal(home)
     chat.expect(ready())
     watcher = terminal(home, "ingest", "--watch", str(folder))
-    watcher.expect(re.escape("queued 1 chunks"))
+    watcher.expect(re.escape("queued 1 chunk ("))
     watcher.expect("another memchat holds this memory")
     watcher.expect("Ctrl-C stops")
     (folder / "city.md").write_text(CITY)
-    watcher.expect(r"city\.md: 1 chunks")
-    watcher.expect(re.escape("queued 1 chunks"))
+    watcher.expect(r"city\.md: 1 chunk,")
+    watcher.expect(re.escape("queued 1 chunk ("))
     data = stats(home)
     assert (data["injections"], data["pending"]) == (0, 2), data
 

@@ -77,7 +77,7 @@ def test_forget_since_gives_the_digest_of_a_memory_that_never_saw_the_rows(tmp_p
     memchat(home, "ingest", str(late), model=model)
     assert stats(home, model)["memory_digest"] != expected
     dry = memchat(home, "forget", "--since", cut, "--dry-run", model=model)
-    assert "will forget 1 injections" in dry.stdout
+    assert "will forget 1 injection " in dry.stdout
     memchat(home, "forget", "--since", cut, "--yes", model=model)
     assert stats(home, model)["memory_digest"] == expected
     assert "Berlin" not in memchat(home, "memory", "log", "--search", "Berlin", model=model).stdout
@@ -172,6 +172,6 @@ def test_a_forgotten_file_is_ingested_again(tmp_path):
     memchat(home, "forget", "--source", source, "--yes")
     assert stats(home)["injections"] == 0
     again = memchat(home, "ingest", str(notes))
-    assert "from 1 files" in again.stdout, again.stdout
+    assert "from 1 file;" in again.stdout, again.stdout
     assert stats(home)["injections"] == 1
 
