@@ -27,7 +27,11 @@ from memchat.train import domain_data as data
 TRAIN, HELDOUT = "train", "heldout"
 KINDS = ("recall", "update", "abstain")
 # Pools whose training values are half made-up words, so the model learns to copy rather than recall.
-PSEUDO_POOLS = frozenset({"names", "pets", "cities", "companies", "streets", "cars", "countries"})
+# Half the training values of every relation are made-up words: with them only in the name-like pools,
+# the model learnt to recall the training values it knew and recalled no held-out value; with them
+# everywhere, held-out recall rose with training recall (0.05 from memory, 0.14 from the prompt at 3,000
+# steps, against 0.00 and 0.02 at 4,750).
+PSEUDO_SHARE = 0.5
 HELDOUT_FRACTION = 0.15
 ABSTAIN_MARKERS = data.ABSTAIN_MARKERS
 
@@ -190,7 +194,7 @@ class Domain:
 
     def value(self, rng: random.Random, relation: Relation, avoid: str | None = None) -> str:
         while True:
-            if self.split == TRAIN and relation.pool in PSEUDO_POOLS and rng.random() < 0.5:
+            if self.split == TRAIN and rng.random() < PSEUDO_SHARE:
                 v = pseudo_word(rng)
             else:
                 v = rng.choice(self.values[relation.pool])
