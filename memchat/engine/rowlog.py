@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memchat.rowhash import SHA256_BYTES, row_sha256
+from memchat.rowhash import SHA256_BYTES, row_bytes, row_sha256
 
 
 class RowLog(Protocol):
@@ -38,11 +38,6 @@ class RowLog(Protocol):
     def has(self, layer: int, ids: Tensor) -> bool:
         """Whether every row at `ids` can be read."""
         ...
-
-
-def row_bytes(rows: Tensor) -> np.ndarray:
-    """The bytes of each row of a CPU tensor [n, d], as [n, d * itemsize] uint8 (bf16 included)."""
-    return rows.contiguous().view(torch.uint8).reshape(rows.shape[0], -1).numpy()
 
 
 class RamRowLog:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from memchat.rowhash import SHA256_BYTES, row_sha256
+from memchat.rowhash import SHA256_BYTES, row_bytes, row_sha256
 
 from .errors import CorruptState, StoreError
 from .header import ITEMSIZE
@@ -112,7 +112,7 @@ class SegmentLog:
         rows = rows.detach().to("cpu", code_dtype(manifest.dtype)).contiguous()
         if rows.shape[1] != manifest.width:
             raise StoreError(f"rows {rows.shape[1]} wide cannot join long-term rows {manifest.width} wide")
-        raw = rows.view(torch.uint8).reshape(rows.shape[0], -1).numpy()
+        raw = row_bytes(rows)
         start = self.length(layer)
         self._write_values(layer, start, raw)
         # The hash goes last: a row exists once its hash is written.
