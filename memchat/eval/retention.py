@@ -170,6 +170,15 @@ def context_chunks(engine, context: Context) -> list[list[int]]:
     return [tokenizer.encode(c) for c in chunks]
 
 
+def inject_context(engine, context: Context, seed: int, question: int, position: int) -> int:
+    """Inject a context's chunks, each with the seed of its position in the question's sequence of
+    injections; returns the next position."""
+    for chunk in context_chunks(engine, context):
+        engine.inject(chunk, seed=injection_seed(seed, question, position), origin=position)
+        position += 1
+    return position
+
+
 def ask(engine, question: str, max_new_tokens: int) -> str:
     from memchat.engine.generate import Sampling
 
@@ -218,16 +227,11 @@ def run_retention(
             if progress:
                 progress(done, total)
             engine.state = initial
-            position = 0
-            for chunk in context_chunks(engine, item.context):
-                engine.inject(chunk, seed=injection_seed(seed, q, position), origin=position)
-                position += 1
+            position = inject_context(engine, item.context, seed, q, 0)
             injected = 0
             for d in distances:
                 while injected < d:
-                    for chunk in context_chunks(engine, sequence[injected]):
-                        engine.inject(chunk, seed=injection_seed(seed, q, position), origin=position)
-                        position += 1
+                    position = inject_context(engine, sequence[injected], seed, q, position)
                     injected += 1
                 reply = ask(engine, item.question, max_new_tokens)
                 result.hits[d] += _hit(reply, item.answer)
