@@ -12,7 +12,6 @@ explicit drop seeds: no journal, no profile, nothing of the user's memory is rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from memchat.errors import MemchatError
+from memchat.seeds import seed_of
 
 DEFAULT_DISTANCES = (0, 1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOKENS = 16
@@ -153,11 +153,6 @@ def abstain_markers() -> tuple[str, ...]:
 # --- the protocol -------------------------------------------------------------------------------------
 
 
-def injection_seed(seed: int, question: int, position: int) -> int:
-    digest = hashlib.sha256(f"retention:{seed}:{question}:{position}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
 def context_chunks(engine, context: Context) -> list[list[int]]:
     """Token ids of a context as memchat injects it: a chat turn in the model's own turn format, cut
     into injections no longer than the model takes."""
@@ -174,7 +169,7 @@ def inject_context(engine, context: Context, seed: int, question: int, position:
     """Inject a context's chunks, each with the seed of its position in the question's sequence of
     injections; returns the next position."""
     for chunk in context_chunks(engine, context):
-        engine.inject(chunk, seed=injection_seed(seed, question, position), origin=position)
+        engine.inject(chunk, seed=seed_of("retention", seed, question, position), origin=position)
         position += 1
     return position
 

@@ -8,7 +8,6 @@ caches of that fold: on open we load the newest consistent one and replay the ro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import secrets
 import sys
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 
 # Only torch-free store modules at import time: `memchat memory stats` imports this module for `Options`
 # and must answer without paying for torch. The state and snapshot modules load where they are used.
+from memchat.seeds import seed_of
 from memchat.service.chunk import chunk_text
 from memchat.store import (
     UPTO_KEY,
@@ -86,8 +86,7 @@ class InjectResult:
 
 def derive_seed(salt: str, row_id: int) -> int:
     """The drop seed of a journal row: fixed by the row id and the memory's salt."""
-    digest = hashlib.sha256(f"{salt}:{row_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return seed_of(salt, row_id)
 
 
 def memory_layout(options: Options) -> MemoryLayout:

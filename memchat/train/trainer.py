@@ -18,7 +18,6 @@ pickle) continues bit for bit like an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from memchat.engine.config import MemoryConfig
 from memchat.engine.model import KVCache, MemoryModel
 from memchat.engine.state import keep_and_append
 from memchat.errors import MemchatError
+from memchat.seeds import seed_of
 from memchat.train import nano
 from memchat.train.domain import HELDOUT, TRAIN, Domain, Episode
 from memchat.train.text import PAD_ID, ChatEncoder, build_tokenizer, turn_messages
@@ -149,7 +149,7 @@ class StepResult:
 
 def seeded(seed: int, *parts: object) -> tuple[random.Random, torch.Generator]:
     key = ":".join(str(p) for p in (seed, *parts))
-    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1)
+    g = torch.Generator().manual_seed(seed_of(seed, *parts))
     return random.Random(key), g
 
 
