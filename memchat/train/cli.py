@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +33,8 @@ def nano_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
 ) -> None:
     """Train memchat-nano on the personal-facts domain, or resume the run in --out. Deterministic for a
-    seed; Ctrl-C saves. The model lands in OUT/model (copy it to assets/memchat-nano to ship it)."""
+    seed; Ctrl-C (or SIGTERM) saves. The model lands in OUT/model (copy it to assets/memchat-nano to ship
+    it)."""
     overrides = {
         k: v
         for k, v in dict(seed=seed, steps=steps, batch=batch, size=size, lr=lr, save_every=save_every,
@@ -38,6 +42,20 @@ def nano_command(
         if v is not None
     }
     train_command(out, overrides, minutes=minutes, threads=threads)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops training the way Ctrl-C does (saving): `kill` is how a run started in the
+    background (where SIGINT is ignored) is stopped."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train_command(
@@ -83,12 +101,21 @@ def train_command(
             text = " ".join(f"D{d}:{r:.2f}" for d, r in held.items())
             bar.console.print(f"step {tr.step}: held-out recall {text}")
 
-        report = train(trainer, minutes=minutes, max_steps=max_steps, on_step=on_step, on_eval=on_eval)
+        try:
+            with _terminate_as_interrupt():
+                report = train(trainer, minutes=minutes, max_steps=max_steps, on_step=on_step,
+                               on_eval=on_eval)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(f"interrupted: saved at step {trainer.step} ({trainer.seconds / 60:.1f} min of "
+                          f"training in all); run the same command again to continue")
+            raise
     rate = report.steps / report.seconds if report.seconds else 0.0
     first = f"{report.first_loss:.3f}" if report.first_loss is not None else "-"
     last = f"{report.last_loss:.3f}" if report.last_loss is not None else "-"
     console.print(f"{report.steps} steps in {report.seconds / 60:.1f} min ({rate:.2f} step/s), now at step "
-                  f"{report.step}/{tc.steps}, curriculum D≤{tc.levels[report.level]}; loss {first} → {last}")
+                  f"{report.step}/{tc.steps} ({trainer.seconds / 60:.1f} min of training in all), "
+                  f"curriculum D≤{tc.levels[report.level]}; loss {first} → {last}")
     console.print(f"model: {Path(out) / 'model'}" + ("" if report.step >= tc.steps else
                                                       "  (run the same command again to continue)"))
     return report

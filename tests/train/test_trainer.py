@@ -173,7 +173,9 @@ def test_checkpoint_and_resume_continue_bit_identically(make_trainer, tmp_path):
     train(first, max_steps=3)
     resumed = make_trainer(tmp_path / "b", **settings)
     assert resumed.step == 3 and resumed is not first
+    assert resumed.seconds == pytest.approx(first.seconds, abs=0.05) and first.seconds > 0
     train(resumed, max_steps=3)
+    assert resumed.seconds > first.seconds  # training time adds up over the run's resumes
     assert resumed.step == straight.step == 6
     assert resumed.curriculum == straight.curriculum and straight.curriculum.level == 1
     a, b = _weights(straight), _weights(resumed)

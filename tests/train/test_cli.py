@@ -1,0 +1,61 @@
+"""`memchat train nano` as a user runs it: a real process, stopped by SIGTERM the way a run started in the
+background is stopped (SIGINT is ignored there), saves its state, and the same command resumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from memchat.train.trainer import MODEL_DIR, STATE_DIR
+
+
+def _command(out: Path) -> list[str]:
+    # save_every beyond the schedule: any state on disk was written by the stop itself.
+    return [sys.executable, "-m", "memchat.cli", "train", "nano", "--out", str(out), "--size", "micro",
+            "--steps", "100000", "--save-every", "100000", "--eval-every", "0", "--threads", "1"]
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    # SIG_IGN for SIGINT, as a job started with `&` from a non-interactive shell has it.
+    return subprocess.Popen(_command(out), env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def _step_on_disk(out: Path) -> int:
+    return json.loads((out / STATE_DIR / "state.json").read_text())["step"]
+
+
+def _stop_after_some_steps(proc: subprocess.Popen) -> str:
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)  # ignored, as in the background
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    return err
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tokenizer_folder, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tokenizer_folder, out / MODEL_DIR)  # the run's tokenizer, as a first start writes it
+    proc = _start(out)
+    assert proc.stderr.readline().startswith("starting:")  # the trainer is built and stepping
+    err = _stop_after_some_steps(proc)
+    assert "interrupted: saved at step" in err
+    first = _step_on_disk(out)
+    assert first > 0
+    assert (out / MODEL_DIR / "model.safetensors").exists()
+
+    proc = _start(out)
+    assert proc.stderr.readline().startswith(f"resuming at step {first}")
+    _stop_after_some_steps(proc)
+    meta = json.loads((out / STATE_DIR / "state.json").read_text())
+    assert meta["step"] > first and meta["seconds"] > 3
