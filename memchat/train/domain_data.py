@@ -217,15 +217,6 @@ COFFEE_STYLES = [
     "with cinnamon", "with almond milk", "with a little milk", "iced", "with soy milk", "with caramel",
 ]
 
-# Pseudo-words: syllables for endless made-up names, cities and companies in training, so the model
-# learns to copy a value it has never seen rather than to recall a list.
-ONSETS = [
-    "b", "br", "d", "dr", "f", "g", "gr", "h", "j", "k", "kl", "l", "m", "n", "p", "pr", "r", "s", "sh",
-    "st", "t", "tr", "v", "w", "z", "ch", "th", "",
-]
-VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "io", "ay"]
-CODAS = ["", "", "", "n", "r", "l", "s", "m", "t", "k", "nd", "rn", "x"]
-
 # --- relations ----------------------------------------------------------------------------------------
 # (key, pool, statements, questions, answers, unknown, changes). In phrasings "{v}" is the value and
 # "{a}" its article ("a" or "an"); "unknown" completes "I don't know ..." when nothing was told.

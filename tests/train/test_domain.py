@@ -11,10 +11,11 @@ import pytest
 from memchat.train.domain import (
     ABSTAIN_MARKERS,
     HELDOUT,
+    POOLS,
     RELATIONS,
     TRAIN,
     Domain,
-    pseudo_word,
+    pseudo_value,
     splits,
 )
 
@@ -68,12 +69,39 @@ def test_heldout_episodes_ask_only_heldout_values():
     assert episodes and all(ep.value in held for ep in episodes)
 
 
-def test_pseudo_words_are_made_up_and_never_heldout():
+def test_made_up_values_are_new_and_never_heldout():
     rng = random.Random(0)
-    words = [pseudo_word(rng) for _ in range(2000)]
-    held = {v.lower() for s in splits().values() for v in s[HELDOUT]}
-    assert not held & {w.lower() for w in words}
+    words = [pseudo_value(rng, "names") for _ in range(2000)]
+    real = {v.lower() for values in POOLS.values() for v in values}
+    assert not real & {w.lower() for w in words}
     assert len(set(words)) > 1500  # an endless supply of names to copy
+
+
+@pytest.mark.parametrize("pool", ["cities", "foods", "ages", "drinks"])
+def test_made_up_values_are_shaped_like_the_pool(pool):
+    rng = random.Random(1)
+    made_up = [pseudo_value(rng, pool) for _ in range(300)]
+    real = splits()[pool][TRAIN]
+
+    def shape(values):
+        share = lambda test: sum(map(test, values)) / len(values)  # noqa: E731
+        return share(lambda v: v[:1].isupper()), share(str.isdigit), share(lambda v: " " in v)
+
+    for made, actual in zip(shape(made_up), shape(real), strict=True):
+        assert abs(made - actual) < 0.1
+
+
+def test_made_up_words_spell_with_the_letter_pairs_of_heldout_values():
+    # Copying is learnt for the spellings training shows: every letter pair a held-out value uses must occur
+    # in made-up words (a fixed syllable inventory missed "nn", "gn", "cch", ...).
+    rng = random.Random(2)
+    def letter_pairs(values):
+        words = [w for v in values for w in re.findall(r"[a-z]+", v.lower())]
+        return [w[i : i + 2] for w in words for i in range(len(w) - 1)]
+
+    seen = set(letter_pairs(pseudo_value(rng, pool) for pool in POOLS for _ in range(200)))
+    pairs = letter_pairs(v for s in splits().values() for v in s[HELDOUT])
+    assert sum(p in seen for p in pairs) / len(pairs) > 0.97  # 0.91 with the syllables
 
 
 def test_phrasings_vary():
