@@ -203,6 +203,7 @@ def _made_up_word(rng: random.Random) -> str:
             return word
 
 
+@functools.cache
 def _pool_shape(pool: str) -> tuple[bool, bool, float]:
     """(numeric, capitalised, share of two-word values) of a pool's training values."""
     values = splits()[pool][TRAIN]
