@@ -34,14 +34,15 @@ def retention(
     ctx: typer.Context,
     data: Annotated[
         Path | None,
-        typer.Option(help="JSONL of {context, question, answer}; default: nano's held-out facts."),
+        typer.Option(help="JSONL of {context, question, answer} (+ before, stale: an update question); "
+                          "default: nano's held-out facts."),
     ] = None,
     distractors: Annotated[
         Path | None,
         typer.Option(help="Unrelated contexts (.jsonl, or text: paragraphs or lines); default: chit-chat, "
                           "or the other contexts of --data."),
     ] = None,
-    n: Annotated[int, typer.Option("--n", help="Questions (per D).")] = 32,
+    n: Annotated[int, typer.Option("--n", help="Questions (per D), and as many update questions.")] = 32,
     d: Annotated[str, typer.Option("--d", help="Distractor counts D.")] = "0,1,2,4,8,16,32,64",
     seed: Annotated[int, typer.Option(help="Picks questions, distractors and drop seeds.")] = 0,
     tokens: Annotated[int, typer.Option(help="A hit must appear in this many generated tokens.")] = 16,
@@ -93,8 +94,9 @@ def retention_command(
     if plot_path is not None:
         rt.require_matplotlib()
     if data is not None:
-        items = rt.load_items(data)[:n]
-        pool = rt.load_contexts(distractors) if distractors else [i.context for i in rt.load_items(data)]
+        loaded = rt.load_items(data)
+        items = [i for i in loaded if i.before is None][:n] + [i for i in loaded if i.before is not None][:n]
+        pool = rt.load_contexts(distractors) if distractors else [i.context for i in loaded]
     else:
         items = rt.builtin_items(n, seed)
         pool = rt.load_contexts(distractors) if distractors else rt.builtin_distractors(500, seed)

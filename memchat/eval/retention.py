@@ -37,6 +37,10 @@ class Item:
     context: Context
     question: str
     answer: str
+    # An update question: `before` told an older value (`stale`) that `context` changes ("I moved to
+    # Paris."); the reply must give the newer value and not the older one.
+    before: Context | None = None
+    stale: str | None = None
 
 
 @dataclass
@@ -46,6 +50,8 @@ class RetentionResult:
     hits: dict[int, int]
     control_hits: int
     abstained: int
+    updates: int = 0  # update questions asked
+    updated: int = 0  # ... answered with the newer value and not the older
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -60,11 +66,16 @@ class RetentionResult:
     def abstain(self) -> float:
         return self.abstained / self.n
 
+    @property
+    def update(self) -> float | None:
+        return self.updated / self.updates if self.updates else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "recall": {str(d): r for d, r in self.recall.items()},
             "control": self.control,
             "abstain": self.abstain,
+            "update": self.update,
             "n": self.n,
         }
 
@@ -96,12 +107,19 @@ def _jsonl(path: Path) -> list[tuple[str, Any]]:
 
 
 def load_items(path: Path) -> list[Item]:
-    """A JSONL file of {"context": text or {user, assistant}, "question": ..., "answer": ...}."""
+    """A JSONL file of {"context": text or {user, assistant}, "question": ..., "answer": ...}; a row
+    with "before" (an earlier context) and "stale" (its answer) is an update question."""
     items = []
     for where, row in _jsonl(path):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
             raise EvalError(f"{where}: expected an object with 'context', 'question' and 'answer'")
-        items.append(Item(_check_context(row.get("context"), where), row["question"], row["answer"]))
+        before = row.get("before")
+        if before is not None and not isinstance(row.get("stale"), str):
+            raise EvalError(f"{where}: an update question ('before') needs 'stale', the older answer")
+        items.append(Item(
+            _check_context(row.get("context"), where), row["question"], row["answer"],
+            None if before is None else _check_context(before, where), row.get("stale") if before else None,
+        ))
     if not items:
         raise EvalError(f"{path}: no questions")
     return items
@@ -132,10 +150,12 @@ def load_contexts(path: Path) -> list[Context]:
 
 
 def builtin_items(n: int, seed: int) -> list[Item]:
-    """memchat-nano's held-out set: facts with values never used in training, one relation after another."""
+    """memchat-nano's held-out set: n facts with values never used in training, one relation after
+    another, then n update questions (an older value, then the change to a held-out one)."""
     from memchat.train.domain import HELDOUT, Domain
 
-    return [Item(i["context"], i["question"], i["answer"]) for i in Domain(HELDOUT).items(n, seed)]
+    domain = Domain(HELDOUT)
+    return [Item(**i) for i in [*domain.items(n, seed), *domain.update_items(n, seed)]]
 
 
 def builtin_distractors(n: int, seed: int) -> list[Context]:
@@ -192,8 +212,11 @@ def run_retention(
     progress: Callable[[int, int], None] | None = None,
     examples: int = 3,
 ) -> RetentionResult:
-    """Run the protocol on `engine` and put its memory state back as it was."""
+    """Run the protocol on `engine` and put its memory state back as it was. Update questions among
+    `items` are asked right after their change, and counted apart."""
     distances = sorted(set(distances))
+    updates = [i for i in items if i.before is not None]
+    items = [i for i in items if i.before is None]
     if not items:
         raise EvalError("no questions to ask")
     if any(d < 0 for d in distances):
@@ -201,8 +224,8 @@ def run_retention(
     longest = distances[-1]
     markers = abstain_markers()
     initial = engine.state
-    result = RetentionResult(len(items), distances, dict.fromkeys(distances, 0), 0, 0)
-    total, done = len(items) * (len(distances) + 1), 0
+    result = RetentionResult(len(items), distances, dict.fromkeys(distances, 0), 0, 0, len(updates))
+    total, done = len(items) * (len(distances) + 1) + len(updates), 0
     try:
         for q, item in enumerate(items):
             rng = random.Random(f"retention:{seed}:{q}")
@@ -236,6 +259,16 @@ def run_retention(
                     progress(done, total)
             if q < examples:
                 result.examples.append({"question": item.question, "answer": item.answer, "replies": replies})
+        for u, item in enumerate(updates, len(items)):
+            engine.state = initial
+            position = inject_context(engine, item.before, seed, u, 0)
+            inject_context(engine, item.context, seed, u, position)
+            reply = ask(engine, item.question, max_new_tokens)
+            stale = item.stale.strip().lower() not in item.answer.lower() and _hit(reply, item.stale)
+            result.updated += _hit(reply, item.answer) and not stale
+            done += 1
+            if progress:
+                progress(done, total)
     finally:
         engine.state = initial
     return result
@@ -260,6 +293,9 @@ def render_table(console, result: RetentionResult, title: str) -> None:
     table.add_section()
     table.add_row("control (no context)", f"{result.control_hits}/{result.n}", f"{result.control:.2f}")
     table.add_row("control says it does not know", f"{result.abstained}/{result.n}", f"{result.abstain:.2f}")
+    if result.update is not None:
+        table.add_row("after a change, the newer value", f"{result.updated}/{result.updates}",
+                      f"{result.update:.2f}")
     console.print(table)
     for ex in result.examples:
         console.print(f"[dim]{ex['question']} → expected {ex['answer']!r}; "

@@ -312,14 +312,24 @@ class Domain:
         """n retention items {context: {user, assistant}, question, answer: the value}, one relation
         after another so a small n still covers many relations."""
         rng = random.Random(f"items:{self.split}:{seed}")
-        order = list(self.asked)
-        rng.shuffle(order)
         out = []
-        for i in range(n):
-            relation = order[i % len(order)]
+        for relation in _in_turn(rng, self.asked, n):
             value = self.value(rng, relation)
             out.append({"context": self.fact(rng, relation, value).as_dict(),
                         "question": rng.choice(relation.questions), "answer": value})
+        return out
+
+    def update_items(self, n: int, seed: int) -> list[dict]:
+        """n update items: `before` tells an older value (`stale`, a training value, as in training's
+        update episodes), then `context` changes it to this split's `answer`."""
+        rng = random.Random(f"updates:{self.split}:{seed}")
+        out = []
+        for relation in _in_turn(rng, self._changeable(), n):
+            value = self.value(rng, relation)
+            old = train_domain().value(rng, relation, avoid=value)
+            out.append({"before": self.fact(rng, relation, old).as_dict(),
+                        "context": self.fact(rng, relation, value, change=True).as_dict(),
+                        "question": rng.choice(relation.questions), "answer": value, "stale": old})
         return out
 
     def distractor_contexts(self, n: int, seed: int) -> list[dict]:
@@ -340,6 +350,13 @@ class Domain:
                 yield turn.assistant
             yield ep.question
             yield ep.answer
+
+
+def _in_turn(rng: random.Random, relations: tuple[Relation, ...], n: int) -> Iterator[Relation]:
+    """n relations, one after another in a shuffled order, so a small n still covers many."""
+    order = list(relations)
+    rng.shuffle(order)
+    return (order[i % len(order)] for i in range(n))
 
 
 @functools.cache

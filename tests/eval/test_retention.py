@@ -77,13 +77,37 @@ def test_run_retention_counts_hits_control_and_abstain():
     assert (result.control, result.abstain, result.n) == (0.0, 1.0, 3)
     assert engine.state == ()  # put back as it was
     assert json.loads(json.dumps(result.to_json())) == {
-        "recall": {"0": 1.0, "1": 1.0, "2": 1.0, "4": 0.0}, "control": 0.0, "abstain": 1.0, "n": 3}
+        "recall": {"0": 1.0, "1": 1.0, "2": 1.0, "4": 0.0}, "control": 0.0, "abstain": 1.0, "update": None,
+        "n": 3}
     seeds = engine.seeds
     run_retention(FakeEngine(), items, ["chit", "chat", "more chat"], distances=[0, 1, 2, 4], seed=5)
     assert len(set(seeds)) == len(seeds)  # a fresh drop seed per injection ...
     other = FakeEngine()
     run_retention(other, items, ["chit", "chat", "more chat"], distances=[0, 1, 2, 4], seed=5)
     assert other.seeds == seeds  # ... fixed by --seed
+
+
+def test_update_questions_need_the_newer_value_and_not_the_older():
+    class Echo(FakeEngine):
+        """Answers with every city told, oldest first, or only the newest one."""
+
+        def __init__(self, newest_only: bool):
+            super().__init__()
+            self.newest_only = newest_only
+
+        def generate_ids(self, question, sampling):
+            cities = [c for fact in self.state for c in ("Lyon", "Paris") if c in fact]
+            return "You live in " + " and ".join(cities[-1:] if self.newest_only else cities)
+
+    told = {"user": "I live in Lyon.", "assistant": "Ok."}
+    moved = {"user": "I moved to Paris.", "assistant": "Noted."}
+    recall = Item(told, "Where do I live?", "Lyon")
+    update = Item(moved, "Where do I live?", "Paris", before=told, stale="Lyon")
+    for newest_only, expected in ((True, 1.0), (False, 0.0)):
+        engine = Echo(newest_only)
+        result = run_retention(engine, [recall, update, update], ["chit"], distances=[0])
+        assert (result.n, result.updates, result.update, result.recall) == (1, 2, expected, {0: 1.0})
+        assert result.to_json()["update"] == expected and engine.state == ()
 
 
 def test_data_files(tmp_path):
@@ -102,7 +126,14 @@ def test_data_files(tmp_path):
     ctx = tmp_path / "d.jsonl"
     ctx.write_text('"plain"\n{"text": "t"}\n{"user": "u", "assistant": "a"}\n')
     assert load_contexts(ctx) == ["plain", "t", {"user": "u", "assistant": "a"}]
+    update = {"before": "I live in Oslo.", "context": "I moved to Rome.", "question": "Where?",
+              "answer": "Rome", "stale": "Oslo"}
+    items.write_text(json.dumps(update) + "\n")
+    assert load_items(items) == [Item("I moved to Rome.", "Where?", "Rome", "I live in Oslo.", "Oslo")]
     bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**update, "stale": None}) + "\n")
+    with pytest.raises(EvalError, match="needs 'stale'"):
+        load_items(bad)
     bad.write_text('{"context": "c", "question": "q"}\n')
     with pytest.raises(EvalError, match="bad.jsonl:1"):
         load_items(bad)
@@ -140,8 +171,8 @@ def test_eval_retention_json_on_the_tiny_preset(tmp_path):
     result = _invoke(tmp_path, "--n", "4", "--d", "0,1", "--json")
     line = [x for x in result.stdout.splitlines() if x.startswith("{")][-1]
     data = json.loads(line)
-    assert set(data) == {"recall", "control", "abstain", "n"}
-    assert data["n"] == 4 and set(data["recall"]) == {"0", "1"}
+    assert set(data) == {"recall", "control", "abstain", "update", "n"}
+    assert data["n"] == 4 and set(data["recall"]) == {"0", "1"} and 0.0 <= data["update"] <= 1.0
     assert all(0.0 <= v <= 1.0 for v in [*data["recall"].values(), data["control"], data["abstain"]])
     # It used the model only: no memory (journal, state) was created under --home.
     assert not (tmp_path / "profiles").exists()

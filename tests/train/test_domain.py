@@ -163,3 +163,16 @@ def test_items_cover_relations_and_use_heldout_values():
     assert all(i["answer"].lower() in i["context"]["user"].lower() for i in items)
     assert len({i["question"] for i in items}) >= 25
     assert Domain(HELDOUT).items(40, seed=0) == items
+
+
+def test_update_items_change_a_training_value_to_a_heldout_one():
+    items = Domain(HELDOUT).update_items(30, seed=0)
+    splits_ = splits()
+    for item in items:
+        relation = next(r for r in RELATIONS if item["question"] in r.questions)
+        assert item["answer"] in splits_[relation.pool][HELDOUT] and item["stale"] != item["answer"]
+        # (Some phrasings are prefixes of others: "... is {v}" also reads "... is called Zoe".)
+        assert item["stale"] in {_told([t], item["before"]["user"]) for t in relation.statements}
+        assert item["answer"] in {_told([t], item["context"]["user"]) for t in relation.changes}
+    assert len({i["question"] for i in items}) >= 10
+    assert Domain(HELDOUT).update_items(30, seed=0) == items != Domain(HELDOUT).update_items(30, seed=1)
