@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from memchat.config import setting_help
+from memchat.config import CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL, setting_help
 from memchat.errors import MemchatError
 from memchat.eval.cli import eval_app
 from memchat.train.cli import train_app
@@ -33,6 +33,11 @@ app.add_typer(train_app, name="train")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+NANO_NOTE = (
+    "memchat-nano: a small demo model memchat trained on one chat domain (where you live, your family and "
+    "pets, your job, your favourite things) that knows nothing else; with an NVIDIA GPU memchat runs "
+    f"{GPU_DEFAULT_MODEL}. Choose a model with --model."
+)
 
 
 class UsageError(MemchatError):
@@ -73,7 +78,7 @@ def _options(ctx: typer.Context):
     return Options(
         home=config.home,
         profile=config.profile,
-        model=config.require_model(),
+        model=config.model,
         device=config.device,
         quant=config.quant,
         seed=config.seed,
@@ -86,10 +91,13 @@ def _open(ctx: typer.Context):
     from memchat.chat.ui import progress_bar, progress_callback
     from memchat.service.memory import Memory, cuda_available
 
-    options = _options(ctx)
     # The GPU default was picked without torch; confirm CUDA before loading an 8B model on its strength.
-    if _config(ctx).origins["model"] == "default" and not cuda_available():
-        raise _config(ctx).no_model()
+    config = _config(ctx)
+    if config.model == GPU_DEFAULT_MODEL and not cuda_available():
+        config = ctx.obj["config"] = config.without_cuda()
+    if config.origins["model"] == "default" and config.model == CPU_DEFAULT_MODEL:
+        err.print(f"[dim]{NANO_NOTE}[/]")
+    options = _options(ctx)
     with progress_bar(err) as bar:
         return Memory.open(
             options,

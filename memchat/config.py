@@ -20,9 +20,9 @@ from typing import Any
 from memchat.errors import MemchatError
 
 GPU_DEFAULT_MODEL = "memoryllm-8b-chat"
-# The model memchat picks on a machine without CUDA when none was chosen; None until the `nano` preset
-# exists, because an 8B model on the CPU by surprise is a minutes-long load and a crawl.
-CPU_DEFAULT_MODEL: str | None = None
+# Without CUDA, memchat's own small demo model: an 8B model on the CPU by surprise would be a
+# minutes-long load and a crawl.
+CPU_DEFAULT_MODEL = "nano"
 FILE_NAME = "config.toml"
 
 
@@ -112,17 +112,11 @@ class Config:
         """The sampling settings, None where the checkpoint's default applies."""
         return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
 
-    def require_model(self) -> str:
-        if self.model is None:
-            raise self.no_model()
-        return self.model
-
-    def no_model(self) -> ConfigError:
-        return ConfigError(
-            f"no model chosen and no CUDA GPU here: memchat will not load its 8B default "
-            f"({GPU_DEFAULT_MODEL}) on the CPU; choose one with --model (--model tiny to try memchat out), "
-            f"MEMCHAT_MODEL, or model = \"…\" in {self.path}"
-        )
+    def without_cuda(self) -> Config:
+        """These settings once loading found no CUDA: a default GPU model gives way to the CPU default."""
+        if self.origins.get("model") == "default" and self.model == GPU_DEFAULT_MODEL:
+            return replace(self, model=CPU_DEFAULT_MODEL)
+        return self
 
 
 SETTINGS = tuple(f for f in fields(Config) if f.metadata)

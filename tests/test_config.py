@@ -7,7 +7,6 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-import memchat.config as config_module
 from memchat.config import GPU_DEFAULT_MODEL, ConfigError, gpu_present, load_config
 
 
@@ -21,7 +20,7 @@ def write(home: Path, text: str) -> Path:
     ("name", "flag", "env", "file", "default"),
     [
         # (given, expected) for the flag and the environment; (TOML literal, expected) for the file
-        ("model", ("tiny", "tiny"), ("tiny-7b", "tiny-7b"), ('"tiny-mplus"', "tiny-mplus"), None),
+        ("model", ("tiny", "tiny"), ("tiny-7b", "tiny-7b"), ('"tiny-mplus"', "tiny-mplus"), "nano"),
         ("profile", ("work", "work"), ("home", "home"), ('"travel"', "travel"), "default"),
         ("temperature", (0.2, 0.2), ("0.4", 0.4), ("0.6", 0.6), None),
         ("max_new_tokens", (64, 64), ("128", 128), ("256", 256), None),
@@ -83,15 +82,16 @@ def test_bad_flags_and_environment_values_name_their_source(tmp_path):
         load_config(environ={"MEMCHAT_HOME": str(tmp_path), "MEMCHAT_MAX_NEW_TOKENS": "0"}, gpu=False)
 
 
-def test_the_default_model_is_the_8b_chat_model_on_a_gpu_and_none_on_a_cpu(tmp_path, monkeypatch):
+def test_the_default_model_is_the_8b_chat_model_on_a_gpu_and_nano_on_a_cpu(tmp_path):
     environ = {"MEMCHAT_HOME": str(tmp_path)}
     on_gpu = load_config(environ=environ, gpu=True)
-    assert (on_gpu.require_model(), on_gpu.origins["model"]) == (GPU_DEFAULT_MODEL, "default")
+    assert (on_gpu.model, on_gpu.origins["model"]) == (GPU_DEFAULT_MODEL, "default")
     on_cpu = load_config(environ=environ, gpu=False)
-    with pytest.raises(ConfigError, match=r"no model chosen and no CUDA GPU.*--model tiny"):
-        on_cpu.require_model()
-    monkeypatch.setattr(config_module, "CPU_DEFAULT_MODEL", "nano")
-    assert load_config(environ=environ, gpu=False).require_model() == "nano"
+    assert (on_cpu.model, on_cpu.origins["model"]) == ("nano", "default")
+    # A GPU that looked usable, but CUDA did not load: the default gives way; a chosen model stays.
+    assert on_gpu.without_cuda().model == "nano"
+    chosen = load_config({"model": GPU_DEFAULT_MODEL}, environ=environ, gpu=True)
+    assert chosen.without_cuda().model == GPU_DEFAULT_MODEL
 
 
 def test_hidden_gpus_are_no_gpu():

@@ -57,7 +57,7 @@ def retention(
     """
     config = ctx.obj["config"]  # the main CLI's settings: flags, environment, config.toml
     retention_command(
-        model=model or config.require_model(), device=config.device, quant=config.quant, home=config.home,
+        model=model or config.model, device=config.device, quant=config.quant, home=config.home,
         data=data, distractors=distractors, n=n, distances=parse_distances(d), seed=seed, tokens=tokens,
         as_json=as_json, plot_path=plot,
     )

@@ -20,16 +20,19 @@ CHITCHAT = [
 
 
 def test_nano_remembers_a_fact_told_ten_turns_earlier(tmp_path, terminal):
-    # Vienna is a held-out value: the model never saw it in training, so it can only come from memory.
     chat = terminal(tmp_path / "home", MEMCHAT_MODEL="nano", MEMCHAT_MAX_NEW_TOKENS="40")
     chat.expect(ready())
-    chat.send("I live in Vienna.\r")
+    # Before it is told, the model says it does not know: the answer below can only come from memory.
+    chat.send("Where do I live?\r")
+    chat.expect(ready())
+    assert "know" in chat.before and "Lisbon" not in chat.before
+    chat.send("I live in Lisbon.\r")
     chat.expect(ready())
     for line in CHITCHAT:
         chat.send(line + "\r")
         chat.expect(ready())
     chat.send("Where do I live?\r")
     chat.expect(ready())
-    assert "Vienna" in chat.before
+    assert "Lisbon" in chat.before
     chat.send("/exit\r")
     assert finish(chat) == 0

@@ -85,11 +85,14 @@ def test_ask_without_a_question_or_with_bad_settings_is_one_line(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_without_a_model_or_a_gpu_memchat_says_how_to_choose_instead_of_loading_8b(tmp_path):
-    proc = memchat(tmp_path / "home", "ask", "hi", MEMCHAT_MODEL=None, CUDA_VISIBLE_DEVICES="")
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no model chosen" in lines[0] and "--model tiny" in lines[0], proc.stderr
+def test_without_a_model_or_a_gpu_memchat_runs_the_nano_demo_model_and_says_so(tmp_path):
+    home = tmp_path / "home"
+    proc = memchat(home, "ask", "Where do I live?", MEMCHAT_MODEL=None, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    assert "memchat-nano: a small demo model" in proc.stderr
+    assert stats(home, MEMCHAT_MODEL=None, CUDA_VISIBLE_DEVICES="")["model"] == "nano"
+    chosen = memchat(home, "ask", "hi", "--max-new-tokens", "2", MEMCHAT_MODEL="nano")
+    assert chosen.returncode == 0 and "demo model" not in chosen.stderr  # chosen, so known
 
 
 def test_the_chat_needs_a_terminal(tmp_path):
