@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from memchat.train import domain_data as data
 
 TRAIN, HELDOUT = "train", "heldout"
-KINDS = ("recall", "update", "abstain")
+KINDS = ("recall", "update", "abstain")  # drawn at random; "reply" episodes are asked for by name
 # Half the training values of every relation are made-up words: with them only in the name-like pools,
 # the model learnt to recall the training values it knew and recalled no held-out value; with them
 # everywhere, held-out recall rose with training recall (0.05 from memory, 0.14 from the prompt at 3,000
@@ -283,9 +283,12 @@ class Domain:
 
     def episode(self, rng: random.Random, distance: int, lead: int = 0, kind: str | None = None) -> Episode:
         """`lead` turns, the fact, then `distance` turns, then the question. kind: recall, update (needs
-        lead ≥ 1: an older value sits in the lead turns) or abstain (lead + 1 + distance distractors)."""
+        lead ≥ 1: an older value sits in the lead turns), abstain (lead + 1 + distance distractors) or
+        reply (as many distractors, then a new message to answer)."""
         if kind is None:
             kind = rng.choices(KINDS, weights=(0.7, 0.15, 0.15))[0]
+        if kind == "reply":
+            return self._reply_episode(rng, lead + 1 + distance)
         if kind == "update" and (lead < 1 or not self._changeable()):
             kind = "recall"
         pool = self._changeable() if kind == "update" else self.asked
@@ -302,6 +305,20 @@ class Domain:
             turns[rng.randrange(lead)] = self.fact(rng, relation, old)
         return Episode(tuple(turns), question, self.answer(rng, relation, value), value, relation.key, kind,
                        lead)
+
+    def _reply_episode(self, rng: random.Random, before: int) -> Episode:
+        """`before` turns, then the user says something new and the reply answers it: a fact's
+        acknowledgement, often echoing the value (copied from the prompt), or a chit-chat reply. The chat
+        injects the model's own replies into memory, so a garbled echo would become a garbled memory."""
+        turns = tuple(self.distractor(rng) for _ in range(before))
+        relation = rng.choice(self.asked)
+        if rng.random() < 0.5:
+            value = self.value(rng, relation)
+            said = self.fact(rng, relation, value)
+            echoed = value if _contains(said.assistant, value) else None
+        else:
+            said, echoed = self.chitchat(rng), None
+        return Episode(turns, said.user, said.assistant, echoed, relation.key, "reply", None)
 
     def _changeable(self) -> tuple[Relation, ...]:
         return tuple(r for r in self.asked if r.changes)

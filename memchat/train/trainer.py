@@ -71,6 +71,9 @@ class TrainConfig:
     show_fact: float = 0.25
     show_fact_first: int = 1500  # ... and all of them in the first steps: copying is learnt there first
     max_lead: int = 3  # turns injected before the fact (an update episode's old value sits there)
+    # Share of batches that answer a new message (a fact's acknowledgement, echoing its value, or chit-chat)
+    # rather than a question: without them a model garbles its own replies, which the chat then injects.
+    reply_share: float = 0.2
     # Curriculum of distances. At D = 0 the fact is always the newest rows, and a model first learns to
     # read them by position (0.40 at D = 0, 0.00 at D = 1 at step 3,500); yet 300 steps after D = 1 opened
     # it read 0.34 there. A run that started at D ≤ 2 instead learnt no reading at all in 5,000 steps.
@@ -297,7 +300,7 @@ def run_batch(
     if batch.turn_tokens.any():
         loss = loss + tc.lm_weight * (ce * batch.turn_tokens).sum() / batch.turn_tokens.sum()
     correct = ((logits.argmax(-1) == batch.targets) | ~batch.scored).all(dim=1).tolist()
-    told = [c for c, k in zip(correct, batch.kinds, strict=True) if k != "abstain"]
+    told = [c for c, k in zip(correct, batch.kinds, strict=True) if k in ("recall", "update")]
     untold = [c for c, k in zip(correct, batch.kinds, strict=True) if k == "abstain"]
     result = StepResult(
         loss.item(), answer_loss.item(),
@@ -429,8 +432,11 @@ class Trainer:
         tc = self.tc
         rng, _ = seeded(tc.seed, "distance", self.step)
         distance = self.curriculum.sample(rng, tc)
+        kind = "reply" if rng.random() < tc.reply_share else None
+        if kind:  # a reply reads the prompt, not distant memory: short distances are as good and cheaper
+            distance = min(distance, tc.window)
         batch = sample_batch(
-            _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch,
+            _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch, kind,
             show_fact=tc.fact_share(self.step),
         )
         for group in self.optimizer.param_groups:
