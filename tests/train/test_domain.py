@@ -176,3 +176,18 @@ def test_update_items_change_a_training_value_to_a_heldout_one():
         assert item["answer"] in {_told([t], item["context"]["user"]) for t in relation.changes}
     assert len({i["question"] for i in items}) >= 10
     assert Domain(HELDOUT).update_items(30, seed=0) == items != Domain(HELDOUT).update_items(30, seed=1)
+
+
+def test_reply_episodes_answer_the_new_message_echoing_values_told_in_it():
+    rng, kinds = random.Random(3), Counter()
+    for _ in range(200):
+        ep = Domain().episode(rng, distance=2, lead=1, kind="reply")
+        assert ep.kind == "reply" and ep.fact_turn is None and len(ep.turns) == 4
+        if ep.value is None:
+            kinds["other"] += 1
+            continue
+        kinds["echo"] += 1
+        # The value is in the message and in its acknowledgement: copied from the prompt, not memory.
+        assert ep.value.lower() in ep.question.lower() and ep.value.lower() in ep.answer.lower()
+        assert not any(ep.value.lower() in t.user.lower() for t in ep.turns)
+    assert kinds["echo"] > 30 and kinds["other"] > 100

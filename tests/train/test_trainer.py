@@ -270,6 +270,19 @@ def test_a_window_reaching_back_over_the_fact_shows_it(make_trainer, tmp_path):
 
 
 
+def test_reply_batches_train_the_reply_and_stay_out_of_recall(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    enc = trainer.encoder
+    batch = sample_batch(Domain(), enc, trainer.cfg, trainer.tc, 0, 3, 2, 6, kind="reply")
+    assert batch.kinds == ["reply"] * 6
+    episodes = [Domain().episode(random.Random(i), distance=2, lead=0, kind="reply") for i in range(6)]
+    batch = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=0, window=0, g=torch.Generator())
+    for b, ep in enumerate(episodes):
+        assert enc.decode(batch.targets[b][batch.answer[b]].tolist()) == ep.answer
+    _, result = run_batch(trainer.model, trainer.memory, batch, trainer.tc)
+    assert result.recall is None and result.abstain is None
+
+
 def test_the_first_steps_show_the_fact_then_a_share_of_batches(make_trainer, tmp_path):
     trainer = make_trainer(tmp_path, show_fact_first=2, show_fact=0.25)
     assert [trainer.tc.fact_share(step) for step in (0, 1, 2, 3)] == [1.0, 1.0, 0.25, 0.25]
