@@ -1,6 +1,6 @@
 """Record a real memchat chat session as an SVG picture for the README.
 
-    python scripts/record_session.py [--model tiny] [--out assets/session.svg]
+    python scripts/record_session.py [--model nano] [--out assets/session.svg]
 
 The actual program runs in a tmux terminal (a fresh MEMCHAT_HOME, fixed seed, greedy decoding); the
 script types into it like a user, then rich turns tmux's screen (with its colours) into SVG. Needs tmux.
@@ -20,10 +20,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-WIDTH, HEIGHT = 100, 40
+WIDTH, HEIGHT = 100, 52
 SESSION = "memchat-record"
+# Facts, then more chit-chat than the prompt's window of recent turns holds, so the answers can only
+# come from memory; Vienna is a value nano never saw in training.
 SCRIPT = [
-    "My dog is called Biscuit and he loves the beach.",
+    "I live in Vienna.",
+    "My dog is called Biscuit.",
+    "Tell me a joke.",
+    "How do I keep plants alive?",
+    "What should I read next?",
+    "I painted my room.",
+    "Where do I live?",
     "What is my dog called?",
     "/stats",
 ]
@@ -75,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="nano")
     parser.add_argument("--out", type=Path, default=Path("assets/session.svg"))
     args = parser.parse_args()
     if shutil.which("tmux") is None:
