@@ -89,12 +89,9 @@ def _options(ctx: typer.Context):
 def _open(ctx: typer.Context):
     """Open the memory, with a progress bar when recovery has rows to replay."""
     from memchat.chat.ui import progress_bar, progress_callback
-    from memchat.service.memory import Memory, cuda_available
+    from memchat.service.memory import Memory
 
-    # The GPU default was picked without torch; confirm CUDA before loading an 8B model on its strength.
-    config = _config(ctx)
-    if config.model == GPU_DEFAULT_MODEL and not cuda_available():
-        config = ctx.obj["config"] = config.without_cuda()
+    config = ctx.obj["config"] = _config(ctx).for_this_machine()
     if config.origins["model"] == "default" and config.model == CPU_DEFAULT_MODEL:
         err.print(f"[dim]{NANO_NOTE}[/]")
     options = _options(ctx)

@@ -112,11 +112,14 @@ class Config:
         """The sampling settings, None where the checkpoint's default applies."""
         return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
 
-    def without_cuda(self) -> Config:
-        """These settings once loading found no CUDA: a default GPU model gives way to the CPU default."""
-        if self.origins.get("model") == "default" and self.model == GPU_DEFAULT_MODEL:
-            return replace(self, model=CPU_DEFAULT_MODEL)
-        return self
+    def for_this_machine(self) -> Config:
+        """These settings before a model loads: the GPU default was picked without torch, so it gives way
+        to the CPU default where torch finds no CUDA. A model the user chose stays."""
+        if self.origins.get("model") != "default" or self.model != GPU_DEFAULT_MODEL:
+            return self
+        from memchat.service.memory import cuda_available
+
+        return self if cuda_available() else replace(self, model=CPU_DEFAULT_MODEL)
 
 
 SETTINGS = tuple(f for f in fields(Config) if f.metadata)

@@ -88,10 +88,12 @@ def test_the_default_model_is_the_8b_chat_model_on_a_gpu_and_nano_on_a_cpu(tmp_p
     assert (on_gpu.model, on_gpu.origins["model"]) == (GPU_DEFAULT_MODEL, "default")
     on_cpu = load_config(environ=environ, gpu=False)
     assert (on_cpu.model, on_cpu.origins["model"]) == ("nano", "default")
-    # A GPU that looked usable, but CUDA did not load: the default gives way; a chosen model stays.
-    assert on_gpu.without_cuda().model == "nano"
+    # A GPU that looked usable: torch decides; without CUDA the default gives way, a chosen model stays.
+    import torch
+
+    assert on_gpu.for_this_machine().model == (GPU_DEFAULT_MODEL if torch.cuda.is_available() else "nano")
     chosen = load_config({"model": GPU_DEFAULT_MODEL}, environ=environ, gpu=True)
-    assert chosen.without_cuda().model == GPU_DEFAULT_MODEL
+    assert chosen.for_this_machine().model == GPU_DEFAULT_MODEL
 
 
 def test_hidden_gpus_are_no_gpu():

@@ -55,7 +55,7 @@ def retention(
     Inject a context, then D unrelated ones, and ask; a hit is the answer within the first --tokens
     generated tokens. Uses the model alone: your memory and journal are not touched.
     """
-    config = ctx.obj["config"]  # the main CLI's settings: flags, environment, config.toml
+    config = ctx.obj["config"].for_this_machine()  # the main CLI's settings: flags, environment, config.toml
     retention_command(
         model=model or config.model, device=config.device, quant=config.quant, home=config.home,
         data=data, distractors=distractors, n=n, distances=parse_distances(d), seed=seed, tokens=tokens,
