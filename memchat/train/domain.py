@@ -305,7 +305,7 @@ class Domain:
         value = self.value(rng, relation)
         turns[lead] = self.fact(rng, relation, value, change=kind == "update")
         if kind == "update":
-            old = train_domain().value(rng, relation, avoid=value)  # a held-out pool may hold one value
+            old = self._older_value(rng, relation, value)
             turns[rng.randrange(lead)] = self.fact(rng, relation, old)
         elif lead and rng.random() < ASKED_FIRST:
             asked = Turn(rng.choice(relation.questions), self.unknown_answer(rng, relation))
@@ -327,6 +327,10 @@ class Domain:
             said, echoed = self.chitchat(rng), None
         return Episode(turns, said.user, said.assistant, echoed, relation.key, "reply", None)
 
+    def _older_value(self, rng: random.Random, relation: Relation, value: str) -> str:
+        """The value `value` changed: a training value in either split (a held-out pool may hold one)."""
+        return train_domain().value(rng, relation, avoid=value)
+
     def _changeable(self) -> tuple[Relation, ...]:
         return tuple(r for r in self.asked if r.changes)
 
@@ -344,13 +348,13 @@ class Domain:
         return out
 
     def update_items(self, n: int, seed: int) -> list[dict]:
-        """n update items: `before` tells an older value (`stale`, a training value, as in training's
-        update episodes), then `context` changes it to this split's `answer`."""
+        """n update items: `before` tells an older value (`stale`), then `context` changes it to this
+        split's `answer`, as in training's update episodes."""
         rng = random.Random(f"updates:{self.split}:{seed}")
         out = []
         for relation in _in_turn(rng, self._changeable(), n):
             value = self.value(rng, relation)
-            old = train_domain().value(rng, relation, avoid=value)
+            old = self._older_value(rng, relation, value)
             out.append({"before": self.fact(rng, relation, old).as_dict(),
                         "context": self.fact(rng, relation, value, change=True).as_dict(),
                         "question": rng.choice(relation.questions), "answer": value, "stale": old})
