@@ -333,8 +333,11 @@ class Domain:
         return Episode(turns, said.user, said.assistant, echoed, relation.key, "reply", None)
 
     def _older_value(self, rng: random.Random, relation: Relation, value: str) -> str:
-        """The value `value` changed: a training value in either split (a held-out pool may hold one)."""
-        return train_domain().value(rng, relation, avoid=value)
+        """The value `value` changed: a training value (a held-out pool may hold one). Training draws
+        made-up ones too; evaluation items only real ones, so they stay put when the training mix changes."""
+        if self.split == TRAIN:
+            return self.value(rng, relation, avoid=value)
+        return rng.choice([v for v in self.train_values[relation.pool] if v != value])
 
     def _changeable(self) -> tuple[Relation, ...]:
         return tuple(r for r in self.asked if r.changes)

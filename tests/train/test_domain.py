@@ -171,11 +171,18 @@ def test_update_items_change_a_training_value_to_a_heldout_one():
     for item in items:
         relation = next(r for r in RELATIONS if item["question"] in r.questions)
         assert item["answer"] in splits_[relation.pool][HELDOUT] and item["stale"] != item["answer"]
+        assert item["stale"] in splits_[relation.pool][TRAIN]  # a real value, never a made-up one
         # (Some phrasings are prefixes of others: "... is {v}" also reads "... is called Zoe".)
         assert item["stale"] in {_told([t], item["before"]["user"]) for t in relation.statements}
         assert item["answer"] in {_told([t], item["context"]["user"]) for t in relation.changes}
     assert len({i["question"] for i in items}) >= 10
     assert Domain(HELDOUT).update_items(30, seed=0) == items != Domain(HELDOUT).update_items(30, seed=1)
+
+
+def test_update_items_stay_put_when_the_training_mix_changes(monkeypatch):
+    items = Domain(HELDOUT).update_items(30, seed=0)
+    monkeypatch.setattr("memchat.train.domain.PSEUDO_SHARE", 1.0)
+    assert Domain(HELDOUT).update_items(30, seed=0) == items
 
 
 def test_reply_episodes_answer_the_new_message_echoing_values_told_in_it():
