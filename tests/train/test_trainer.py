@@ -283,6 +283,16 @@ def test_reply_batches_train_the_reply_and_stay_out_of_recall(make_trainer, tmp_
     assert result.recall is None and result.abstain is None
 
 
+def test_reply_batches_begin_at_their_share_of_the_schedule(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, steps=8, reply_share=1.0, reply_start=0.5)
+    assert [trainer.tc.reply_share_at(step) for step in (0, 3, 4, 7)] == [0.0, 0.0, 1.0, 1.0]
+    asked = []
+    for _ in range(8):
+        result, _ = trainer.train_step()
+        asked.append(result.recall is not None or result.abstain is not None)  # a question was asked
+    assert asked == [True] * 4 + [False] * 4
+
+
 def test_the_first_steps_show_the_fact_then_a_share_of_batches(make_trainer, tmp_path):
     trainer = make_trainer(tmp_path, show_fact_first=2, show_fact=0.25)
     assert [trainer.tc.fact_share(step) for step in (0, 1, 2, 3)] == [1.0, 1.0, 0.25, 0.25]
