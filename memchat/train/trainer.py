@@ -366,6 +366,13 @@ class Trainer:
     @classmethod
     def _resume(cls, out: Path, state: Path, overrides: dict[str, Any]) -> Trainer:
         meta = json.loads((state / "state.json").read_text())
+        # A setting added after the run started would take today's default, not the behaviour it had.
+        unknown = sorted({f.name for f in fields(TrainConfig)} - set(meta["train_config"]))
+        if unknown:
+            raise TrainError(
+                f"{out} was started by an older memchat without the settings {', '.join(unknown)}; this one "
+                "would go on differently: finish it with that version, or use another --out"
+            )
         stored = TrainConfig.from_json(meta["train_config"])
         changed = {k: v for k, v in overrides.items() if getattr(stored, k) != _plain(v)}
         # Only the length of the run may change on resume; anything else would not continue the same run.

@@ -196,6 +196,18 @@ def test_resume_refuses_other_settings(make_trainer, tmp_path):
     assert Trainer.open(tmp_path, overrides={"steps": 5000}).tc.steps == 5000
 
 
+def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_path):
+    train(make_trainer(tmp_path), max_steps=1)
+    from memchat.train.trainer import Trainer
+
+    state = tmp_path / "train" / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["train_config"]["reply_start"]
+    state.write_text(json.dumps(meta))
+    with pytest.raises(TrainError, match="older memchat without the settings reply_start"):
+        Trainer.open(tmp_path)
+
+
 def test_the_exported_model_is_what_the_engine_loads(make_trainer, tmp_path):
     trainer = make_trainer(tmp_path)
     train(trainer, max_steps=2)
