@@ -37,10 +37,6 @@ KIND_WEIGHTS = (0.6, 0.25, 0.15)
 # training values and 0.66 of held-out ones at D = 0, and its misses were often a known value of the
 # relation ("tennis" for "table tennis", "grapes" for "gooseberries"): known values pull the copy.
 PSEUDO_SHARE = 0.8
-# Share of recall episodes (with lead turns) where the question was asked before the fact was told: the
-# "don't know" exchange stays in memory and the fact told later must outvote it. Without them the model
-# trained on 20,000 steps answered "You haven't told me" ten turns after being told.
-ASKED_FIRST = 0.25
 HELDOUT_FRACTION = 0.15
 ABSTAIN_MARKERS = data.ABSTAIN_MARKERS
 
@@ -290,10 +286,14 @@ class Domain:
 
     # --- episodes ---------------------------------------------------------------------------------
 
-    def episode(self, rng: random.Random, distance: int, lead: int = 0, kind: str | None = None) -> Episode:
+    def episode(
+        self, rng: random.Random, distance: int, lead: int = 0, kind: str | None = None,
+        asked_first: float = 0.0,
+    ) -> Episode:
         """`lead` turns, the fact, then `distance` turns, then the question. kind: recall, update (needs
         lead ≥ 1: an older value sits in the lead turns), abstain (lead + 1 + distance distractors) or
-        reply (as many distractors, then a new message to answer)."""
+        reply (as many distractors, then a new message to answer). With probability `asked_first` a recall
+        episode with lead turns asked its question in one of them, and was told "I don't know"."""
         if kind is None:
             kind = rng.choices(KINDS, weights=KIND_WEIGHTS)[0]
         if kind == "reply":
@@ -312,7 +312,7 @@ class Domain:
         if kind == "update":
             old = self._older_value(rng, relation, value)
             turns[rng.randrange(lead)] = self.fact(rng, relation, old)
-        elif lead and rng.random() < ASKED_FIRST:
+        elif lead and rng.random() < asked_first:
             asked = Turn(rng.choice(relation.questions), self.unknown_answer(rng, relation))
             turns[rng.randrange(lead)] = asked
         return Episode(tuple(turns), question, self.answer(rng, relation, value), value, relation.key, kind,

@@ -74,11 +74,16 @@ class TrainConfig:
     # Share of batches that answer a new message (a fact's acknowledgement, echoing its value, or chit-chat)
     # rather than a question: without them a model garbles its own replies, which the chat then injects.
     reply_share: float = 0.2
-    # ... from this share of the schedule on. From the first step they cost recall: a run with them
-    # throughout reached 0.57 / 0.37 at D = 0 / 16 (held-out, 20,000 steps), where one that added them
-    # for its last 4,000 steps reached 0.67 / 0.49 (though it also lacked asked-first episodes), and
-    # echoed values about as well (25 and 33 of 40).
-    reply_start: float = 0.75
+    # Share of recall episodes (with lead turns) where the question was asked before the fact was told: the
+    # "don't know" exchange stays in memory and the fact told later must outvote it. Without them the model
+    # trained on 20,000 steps answered "You haven't told me" ten turns after being told.
+    asked_first: float = 0.25
+    # Replies and asked-first episodes begin at this share of the schedule, once recall is learnt. From the
+    # first step they cost it: a run with both throughout read nothing from memory until step 6,000 (the
+    # run without them: 0.19 at step 4,000) and ended at 0.57 / 0.37 at D = 0 / 16 (held-out, 20,000
+    # steps), where one that added replies for its last 4,000 steps reached 0.67 / 0.49, and echoed
+    # values about as well (25 and 33 of 40).
+    late_start: float = 0.75
     # Curriculum of distances. At D = 0 the fact is always the newest rows, and a model first learns to
     # read them by position (0.40 at D = 0, 0.00 at D = 1 at step 3,500); yet 300 steps after D = 1 opened
     # it read 0.34 there. A run that started at D ≤ 2 instead learnt no reading at all in 5,000 steps.
@@ -97,9 +102,9 @@ class TrainConfig:
         """The share of short-distance batches whose prompt shows the fact, at `step`."""
         return 1.0 if step < self.show_fact_first else self.show_fact
 
-    def reply_share_at(self, step: int) -> float:
-        """The share of batches that answer a new message, at `step`."""
-        return self.reply_share if step >= self.reply_start * self.steps else 0.0
+    def late(self, step: int, share: float) -> float:
+        """`share` of a late skill (replies, asked-first episodes) at `step`: none before `late_start`."""
+        return share if step >= self.late_start * self.steps else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,7 +233,7 @@ def make_batch(
 
 def sample_batch(
     domain: Domain, encoder: ChatEncoder, cfg: MemoryConfig, tc: TrainConfig, seed: int, step: int,
-    distance: int, batch: int, kind: str | None = None, show_fact: float = 0.0,
+    distance: int, batch: int, kind: str | None = None, show_fact: float = 0.0, asked_first: float = 0.0,
 ) -> Batch:
     rng, g = seeded(seed, step)
     lead = rng.randint(0, tc.max_lead)
@@ -236,7 +241,7 @@ def sample_batch(
     window = min(rng.choice([0, 0, 1, 2, 3, 4]), tc.window, distance)
     if distance < tc.window and rng.random() < show_fact:
         window = distance + 1
-    episodes = [domain.episode(rng, distance, lead, kind) for _ in range(batch)]
+    episodes = [domain.episode(rng, distance, lead, kind, asked_first) for _ in range(batch)]
     return make_batch(episodes, encoder, cfg, tc, lead, window, g)
 
 
@@ -448,12 +453,12 @@ class Trainer:
         tc = self.tc
         rng, _ = seeded(tc.seed, "distance", self.step)
         distance = self.curriculum.sample(rng, tc)
-        kind = "reply" if rng.random() < tc.reply_share_at(self.step) else None
+        kind = "reply" if rng.random() < tc.late(self.step, tc.reply_share) else None
         if kind:  # a reply reads the prompt, not distant memory: short distances are as good and cheaper
             distance = min(distance, tc.window)
         batch = sample_batch(
             _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch, kind,
-            show_fact=tc.fact_share(self.step),
+            show_fact=tc.fact_share(self.step), asked_first=tc.late(self.step, tc.asked_first),
         )
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(self.step)

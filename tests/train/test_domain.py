@@ -200,14 +200,15 @@ def test_reply_episodes_answer_the_new_message_echoing_values_told_in_it():
     assert kinds["echo"] > 30 and kinds["other"] > 100
 
 
-def test_some_recall_episodes_were_asked_before_the_fact_was_told():
+@pytest.mark.parametrize(("share", "low", "high"), [(0.25, 60, 140), (0.0, -1, 1)])
+def test_some_recall_episodes_were_asked_before_the_fact_was_told(share, low, high):
     rng, asked_first = random.Random(5), 0
     for _ in range(400):
-        ep = Domain().episode(rng, distance=1, lead=2, kind="recall")
+        ep = Domain().episode(rng, distance=1, lead=2, kind="recall", asked_first=share)
         relation = next(r for r in RELATIONS if r.key == ep.relation)
         early = [t for t in ep.turns[: ep.fact_turn] if t.user in relation.questions]
         if early:
             asked_first += 1
             assert any(m in early[0].assistant.lower() for m in ABSTAIN_MARKERS)
             assert ep.value in ep.answer  # the fact told later is the answer
-    assert 60 < asked_first < 140  # about a quarter
+    assert low < asked_first < high  # about `share` of them

@@ -202,9 +202,9 @@ def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_pa
 
     state = tmp_path / "train" / "state.json"
     meta = json.loads(state.read_text())
-    del meta["train_config"]["reply_start"]
+    del meta["train_config"]["late_start"]
     state.write_text(json.dumps(meta))
-    with pytest.raises(TrainError, match="older memchat without the settings reply_start"):
+    with pytest.raises(TrainError, match="older memchat without the settings late_start"):
         Trainer.open(tmp_path)
 
 
@@ -295,14 +295,22 @@ def test_reply_batches_train_the_reply_and_stay_out_of_recall(make_trainer, tmp_
     assert result.recall is None and result.abstain is None
 
 
-def test_reply_batches_begin_at_their_share_of_the_schedule(make_trainer, tmp_path):
-    trainer = make_trainer(tmp_path, steps=8, reply_share=1.0, reply_start=0.5)
-    assert [trainer.tc.reply_share_at(step) for step in (0, 3, 4, 7)] == [0.0, 0.0, 1.0, 1.0]
+def test_replies_and_asked_first_episodes_begin_late_in_the_schedule(make_trainer, tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, steps=8, reply_share=1.0, asked_first=1.0, late_start=0.5)
+    assert [trainer.tc.late(step, 0.3) for step in (0, 3, 4, 7)] == [0.0, 0.0, 0.3, 0.3]
+    shares = []
+
+    def spy(*args, asked_first, **kwargs):
+        shares.append(asked_first)
+        return sample_batch(*args, asked_first=asked_first, **kwargs)
+
+    monkeypatch.setattr("memchat.train.trainer.sample_batch", spy)
     asked = []
     for _ in range(8):
         result, _ = trainer.train_step()
         asked.append(result.recall is not None or result.abstain is not None)  # a question was asked
-    assert asked == [True] * 4 + [False] * 4
+    assert asked == [True] * 4 + [False] * 4  # then every batch answers a new message
+    assert shares == [0.0] * 4 + [1.0] * 4
 
 
 def test_the_first_steps_show_the_fact_then_a_share_of_batches(make_trainer, tmp_path):
