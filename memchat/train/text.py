@@ -7,7 +7,6 @@ template), trained on the training split of the domain only: held-out values nev
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +22,10 @@ PAD_ID = EOS_ID  # padding is never read (causal attention, masked losses); any 
 def build_tokenizer(folder: Path, vocab_size: int, seed: int = 0, episodes: int = 20000) -> Path:
     """Train the byte-level BPE tokenizer on domain text and write it, with its config files, to `folder`.
 
-    The corpus also holds the chat template once per episode, as every turn carries it: "user" and
-    "assistant" then take one token each rather than 2 and 3, a tenth of every injected turn."""
-    template = render([{"role": "user", "content": ""}, {"role": "assistant", "content": ""}], False)
-    corpus = itertools.chain(Domain().corpus(episodes, seed), itertools.repeat(template, episodes))
-    tok = train_tokenizer(corpus, vocab_size)
+    Not on the chat template's words: one that was (one token each for "user" and "assistant", a tenth
+    fewer tokens per turn) went with a run whose memory stayed silent for 7,000 steps, among other changes;
+    it stays out until it is tried alone."""
+    tok = train_tokenizer(Domain().corpus(episodes, seed), vocab_size)
     write_tokenizer(folder, tok.to_str(pretty=True))
     return Path(folder)
 

@@ -38,9 +38,6 @@ def test_tokenizer_is_trained_on_the_domain_without_heldout_values(tmp_path):
     # Frequent domain words become single tokens ...
     enc = ChatEncoder(folder)
     assert len(enc.encode([" favourite"])[0]) == 1
-    # ... and so do the chat template's words, which every turn carries.
-    assert len(enc.encode(["<|start_header_id|>user<|end_header_id|>"])[0]) == 3
-    assert len(enc.encode(["<|start_header_id|>assistant<|end_header_id|>"])[0]) == 3
     # ... held-out values are never merged whole (the tokenizer never saw them).
     held = [v for s in splits().values() for v in s[HELDOUT] if len(v) > 3 and " " not in v]
     whole = [v for v in held if f"Ġ{v}" in vocab or v in vocab]
