@@ -36,8 +36,8 @@ KIND_WEIGHTS = (0.7, 0.15, 0.15)
 # steps, against 0.00 and 0.02 at 4,750). With half of them, a model of 20,000 steps recalled 0.88 of
 # training values and 0.66 of held-out ones at D = 0, and its misses were often a known value of the
 # relation ("tennis" for "table tennis", "grapes" for "gooseberries"): known values pull the copy. Yet
-# with 0.8 (and 0.25 update episodes) memory stayed silent for 7,000 steps: a real value can be finished
-# from its first tokens read, a made-up one cannot, so reading pays off sooner with real values.
+# with 0.8 (and 0.25 update episodes) memory stayed silent for 7,000 steps; perhaps because a real value
+# can be finished from its first tokens read and a made-up one cannot (the two were not tried apart).
 PSEUDO_SHARE = 0.5
 HELDOUT_FRACTION = 0.15
 ABSTAIN_MARKERS = data.ABSTAIN_MARKERS
