@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +26,12 @@ def default_mode(device: torch.device) -> str:
     return "nf4" if device.type == "cuda" else "none"
 
 
+def _no_cast_notice(record: logging.LogRecord) -> bool:
+    """bnb's int8 matmul takes fp16 inputs and logs so on every call with bf16 ones: the cast is its
+    design, nothing for the user to act on, and it would scroll through the chat."""
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
 def quantized_linear(
     weight: Tensor, mode: str, compute_dtype: torch.dtype, device: torch.device
 ) -> nn.Module:
@@ -42,6 +50,7 @@ def quantized_linear(
         )
         layer.weight = bnb.nn.Params4bit(weight.to(compute_dtype), requires_grad=False, quant_type="nf4")
     elif mode == "int8":
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_no_cast_notice)
         layer = bnb.nn.Linear8bitLt(
             in_features, out_features, bias=False, has_fp16_weights=False, device="meta"
         )

@@ -24,12 +24,15 @@ Tolerances, from first principles (tiny MemoryLLM: 2 layers, d=64, Gaussian weig
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from memchat.engine.generate import Sampling, generate
 from memchat.engine.load import load
 from memchat.engine.model import KVCache
+from memchat.engine.quantize import quantized_linear
 
 from ._util import random_ids
 
@@ -104,3 +107,14 @@ def test_nf4_is_measurably_coarser_than_int8(runs):
     # nf4 has 16 levels per 64-block, int8 255 per row: an order of magnitude apart in weight error.
     ref = runs["none"][2]
     assert _rel(runs["nf4"][2], ref) > 3 * _rel(runs["int8"][2], ref)
+
+
+def test_bnb_int8_cast_notice_is_kept_out_of_the_chat_other_bnb_warnings_are_not(caplog):
+    # On CUDA bnb logs this on every int8 matmul with bf16 inputs; the CPU path never does, so the
+    # record is sent the way bnb sends it.
+    quantized_linear(torch.randn(64, 64), "int8", torch.float32, torch.device("cpu"))
+    bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
+    with caplog.at_level(logging.WARNING):
+        bnb_log.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "bf16")
+        bnb_log.warning("some other bnb warning")
+    assert [r.getMessage() for r in caplog.records if r.name == bnb_log.name] == ["some other bnb warning"]
