@@ -132,7 +132,8 @@ def ask(
     max_new_tokens: Annotated[int | None, typer.Option(help=setting_help("max_new_tokens"))] = None,
 ) -> None:
     """Answer one question from memory, streamed to stdout (for scripts); the exchange is remembered."""
-    from memchat.chat.ui import deferred_interrupt, stream_reply
+    from memchat.chat.ui import stream_reply
+    from memchat.interrupts import deferred_interrupt
 
     text = _question(question)
     config = _config(ctx).override(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
@@ -189,7 +190,7 @@ def ingest(
 def _follow(memory, paths: list[Path], changes, max_bytes: int) -> None:
     """Ingest again after each burst of changes: a line per new or changed file; Ctrl-C stops."""
     from memchat.chat.actions import QUEUED_NOTE, ingest_files, ingest_summary
-    from memchat.chat.ui import deferred_interrupt
+    from memchat.interrupts import deferred_interrupt
 
     held = "" if memory.holder else f" ({QUEUED_NOTE})"
     out.print(f"watching {', '.join(map(str, paths))} for changes{held}; Ctrl-C stops")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from memchat.chat import actions
-from memchat.chat.ui import deferred_interrupt
+from memchat.interrupts import deferred_interrupt
 
 if TYPE_CHECKING:
     from memchat.chat.repl import Chat

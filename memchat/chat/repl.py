@@ -23,9 +23,10 @@ from rich.markup import escape
 
 from memchat.chat import actions
 from memchat.chat.commands import COMMANDS, run_command
-from memchat.chat.ui import deferred_interrupt, progress_bar, progress_callback, render_markdown, stream_reply
+from memchat.chat.ui import progress_bar, progress_callback, render_markdown, stream_reply
 from memchat.config import Config
 from memchat.errors import MemchatError
+from memchat.interrupts import deferred_interrupt
 
 if TYPE_CHECKING:
     from memchat.service.memory import Memory

@@ -1,12 +1,10 @@
-"""Terminal pieces the command line and the REPL share: progress bars, Ctrl-C around injections, and
-replies streamed as they are generated."""
+"""Terminal pieces the command line and the REPL share: progress bars and replies streamed as they are
+generated."""
 
 from __future__ import annotations
 
 import re
-import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import Progress
@@ -46,20 +44,6 @@ def progress_callback(bar: Progress, label: str) -> Callable[[int, int], None]:
         bar.update(task, completed=done, total=total)
 
     return update
-
-
-@contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then raise it: an injection stopped half-way would leave the
-    memory ahead of its journal."""
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def stream_reply(console: Console, pieces: Iterator[str]) -> str:

@@ -18,9 +18,10 @@ from memchat.engine.load import load, resolve
 from memchat.engine.model import KVCache, MemoryModel
 from memchat.engine.state import MemoryState, kept_indices, retrieve, update
 from memchat.engine.tokenizer import Tokenizer
+from memchat.interrupts import deferred_interrupt
 
 # Room for prompt and reply tokens beyond the memory prefix before the cache has to grow.
-_CACHE_HEADROOM = 2048
+CACHE_HEADROOM = 2048
 
 
 class Engine:
@@ -59,6 +60,7 @@ class Engine:
 
     @property
     def state(self) -> MemoryState:
+        """The live memory state. The next injection rewrites its pool in place: clone what must last."""
         return self._state
 
     @state.setter
@@ -82,7 +84,10 @@ class Engine:
             self._cache = None
             return
         kept = kept_indices(self.config, seed)
-        self._state = update(self.config, state, delta, kept, origin, self.model.selector_keys)
+        # The pool is rewritten in place (one pool on the GPU, not two): stopped half-way it would be
+        # neither the old memory nor the new one.
+        with deferred_interrupt():
+            self._state = update(self.config, state, delta, kept, origin, self.model.selector_keys, True)
         # Detached while it is being updated: an interrupt half-way leaves no stale prefix behind.
         cache, self._cache = self._cache, None
         if cache is not None:
@@ -95,7 +100,7 @@ class Engine:
         """The KV cache holding the current memory prefix (computed once per memory state)."""
         if self._cache is None:
             cfg = self.config
-            cache = KVCache(cfg, cfg.prefix_rows + _CACHE_HEADROOM, self.model.dtype, self.model.device)
+            cache = KVCache(cfg, cfg.prefix_rows + CACHE_HEADROOM, self.model.dtype, self.model.device)
             with torch.inference_mode():
                 self.model.fill_prefix(cache, self._state.memory.unsqueeze(1))
             self._cache = cache  # only once complete: an interrupt half-way leaves no partial prefix

@@ -78,6 +78,11 @@ class MemoryState:
     memory_ages: Tensor | None = None  # M+ [L, N] float64: age of each short-term row
     ltm: LongTermMemory | None = None
 
+    def clone(self) -> MemoryState:
+        """A copy that outlives the engine's next injection, which rewrites the pool in place (all else an
+        update replaces)."""
+        return replace(self, memory=self.memory.clone())
+
     @property
     def last_injection(self) -> int:
         """The origin of the newest memory rows: every update appends its rows last. 0 before any."""
@@ -187,22 +192,43 @@ def update(
     kept: Tensor,
     origin: int,
     selector_keys: Callable[[int, Tensor], Tensor] | None = None,
+    in_place: bool = False,
 ) -> MemoryState:
     """The state after writing `delta` [L, m, d]: [memory[kept] ; delta] per layer.
 
     An uninitialised memory is filled by tiling the delta instead. For M+, the dropped rows go to the
     long-term memory's cache with their ages and keys (`selector_keys(layer, rows)`), and the cache is
-    merged every `update_ltm_frequency` updates.
+    merged every `update_ltm_frequency` updates. `in_place` rewrites the old state's pool (see
+    `rewrite_pool`): the old state is gone.
     """
     if not state.initialized:
         return _first_update(cfg, state, delta, origin)
-    memory = keep_and_append(state.memory, kept, delta.to(state.memory.dtype))
-    origins = keep_and_append(state.origins, kept, torch.full(delta.shape[:2], origin, dtype=torch.int64))
-    new = replace(state, memory=memory, origins=origins)
-    if cfg.is_mplus:
+    new = state
+    if cfg.is_mplus:  # reads the rows about to be dropped, so before the pool is rewritten
         assert selector_keys is not None, "an M+ update needs the selector's key projection"
-        new = _mplus_update(cfg, state, new, kept, selector_keys)
-    return new
+        new = _mplus_update(cfg, state, kept, selector_keys)
+    delta = delta.to(state.memory.dtype)
+    write = rewrite_pool if in_place else keep_and_append
+    memory = write(state.memory, kept, delta)
+    origins = keep_and_append(state.origins, kept, torch.full(delta.shape[:2], origin, dtype=torch.int64))
+    return replace(new, memory=memory, origins=origins)
+
+
+def rewrite_pool(pool: Tensor, kept: Tensor, new: Tensor) -> Tensor:
+    """`keep_and_append` of one memory [L, N, d] written over `pool` itself, for the engine, which
+    keeps one pool: on an 8B model's GPU a second is 3.4 GB, the margin of a 16 GB card.
+
+    One layer's kept rows are gathered into a buffer allocated up front, so once the first layer is
+    written nothing can fail half-way but a signal; the caller holds Ctrl-C meanwhile.
+    """
+    m = kept.shape[1]
+    index = kept.to(pool.device)
+    kept_rows = pool.new_empty((m, pool.shape[2]))
+    for layer in range(pool.shape[0]):
+        torch.index_select(pool[layer], 0, index[layer], out=kept_rows)
+        pool[layer, :m] = kept_rows
+        pool[layer, m:] = new[layer]
+    return pool
 
 
 def keep_and_append(rows: Tensor, kept: Tensor, new: Tensor) -> Tensor:
@@ -211,8 +237,17 @@ def keep_and_append(rows: Tensor, kept: Tensor, new: Tensor) -> Tensor:
     rows [L, N, d] with kept [L, N - K] and new [L, K, d] (one memory), or with a batch axis after the
     layer axis, rows [L, B, N, d], kept [L, B, N - K], new [L, B, K, d] (one kept set per episode, as
     training draws them). A trailing d may be absent (the origins). Differentiable in rows and new.
+
+    Written layer by layer into the result, so that beside the two pools only one layer's kept rows
+    exist at a time (gathering every layer first, then concatenating, held a third).
     """
-    return torch.cat([_gather_rows(rows, kept), new], dim=kept.dim() - 1)
+    axis = kept.dim() - 1
+    m, k = kept.shape[axis], new.shape[axis]
+    out = rows.new_empty((*rows.shape[:axis], m + k, *rows.shape[axis + 1 :]))
+    for layer in range(rows.shape[0]):
+        out[layer].narrow(axis - 1, 0, m).copy_(_gather_rows(rows[layer], kept[layer]))
+        out[layer].narrow(axis - 1, m, k).copy_(new[layer])
+    return out
 
 
 def _gather_rows(x: Tensor, kept: Tensor) -> Tensor:
@@ -236,12 +271,9 @@ def _first_update(cfg: MemoryConfig, state: MemoryState, delta: Tensor, origin: 
 
 
 def _mplus_update(
-    cfg: MemoryConfig,
-    old: MemoryState,
-    new: MemoryState,
-    kept: Tensor,
-    selector_keys: Callable[[int, Tensor], Tensor],
+    cfg: MemoryConfig, old: MemoryState, kept: Tensor, selector_keys: Callable[[int, Tensor], Tensor]
 ) -> MemoryState:
+    """`old` with its M+ parts updated: short-term ages and the long-term memory (its pool unchanged)."""
     K, N = cfg.num_tokens, cfg.memory_rows
     ltm = old.ltm
     dropped = _dropped_indices(kept, N)
@@ -268,7 +300,7 @@ def _mplus_update(
     )
     if ltm.update_step >= cfg.update_ltm_frequency * K:
         ltm = merge_cache(cfg, ltm)
-    return replace(new, memory_ages=memory_ages, ltm=ltm)
+    return replace(old, memory_ages=memory_ages, ltm=ltm)
 
 
 def _dropped_indices(kept: Tensor, N: int) -> Tensor:

@@ -236,7 +236,7 @@ def run_retention(
                 sequence = rng.sample(pool, longest)
             else:
                 sequence = [rng.choice(pool) for _ in range(longest)]
-            engine.state = initial
+            engine.state = initial.clone()  # the engine rewrites the pool it is given
             reply = ask(engine, item.question, max_new_tokens)
             result.control_hits += _hit(reply, item.answer)
             result.abstained += any(m in reply.lower() for m in markers)
@@ -244,7 +244,7 @@ def run_retention(
             done += 1
             if progress:
                 progress(done, total)
-            engine.state = initial
+            engine.state = initial.clone()
             position = inject_context(engine, item.context, seed, q, 0)
             injected = 0
             for d in distances:
@@ -260,7 +260,7 @@ def run_retention(
             if q < examples:
                 result.examples.append({"question": item.question, "answer": item.answer, "replies": replies})
         for u, item in enumerate(updates, len(items)):
-            engine.state = initial
+            engine.state = initial.clone()
             position = inject_context(engine, item.before, seed, u, 0)
             inject_context(engine, item.context, seed, u, position)
             reply = ask(engine, item.question, max_new_tokens)

@@ -493,22 +493,26 @@ class Memory:
                 log.close()
 
 
-# CUDA context, activations and the KV cache's room for prompt and reply, beyond the estimate below.
+# Activations, the memory update's one-layer buffer and the allocator's slack, beyond the estimate below.
 _GPU_OVERHEAD = 1 << 30
 # Bytes per backbone-linear weight: nf4 packs two per byte plus an fp32 absmax per block of 64.
 _LINEAR_BYTES = {"nf4": 0.5 + 4 / 64, "int8": 1.0, "none": 2.0}
 
 
 def gpu_bytes_needed(cfg: MemoryConfig, quant: str) -> int:
-    """GPU memory a model needs, estimated from its config: the backbone linears at `quant`, embeddings,
-    the memory pool and its KV prefix in bf16 (LoRA and norms are small enough to leave out)."""
-    h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    """GPU memory a model needs, estimated from its config: the backbone linears at `quant`; in bf16 the
+    embeddings, the memory pool (an injection rewrites it in place, so there is never a second) and the
+    KV cache: the memory prefix's keys and values with room for prompt and reply, plus the un-rotated
+    keys an injection re-rotates. LoRA and norms are small enough to leave out."""
+    from memchat.engine.engine import CACHE_HEADROOM
+
+    h, kv, L = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, cfg.num_layers
     attention = 2 * h * cfg.num_heads * cfg.head_dim + 2 * h * kv
-    linears = cfg.num_layers * (attention + 3 * h * cfg.intermediate_size)
+    linears = L * (attention + 3 * h * cfg.intermediate_size)
     embeddings = 2 * cfg.vocab_size * h  # input embeddings and the output head, never quantized
-    pool = cfg.memory_rows * cfg.num_layers * h
-    prefix = cfg.prefix_rows * cfg.num_layers * 2 * kv
-    return int(linears * _LINEAR_BYTES[quant]) + 2 * (embeddings + pool + prefix) + _GPU_OVERHEAD
+    pool = cfg.memory_rows * L * h
+    cache = (cfg.prefix_rows + CACHE_HEADROOM) * L * 2 * kv + cfg.memory_rows * L * kv
+    return int(linears * _LINEAR_BYTES[quant]) + 2 * (embeddings + pool + cache) + _GPU_OVERHEAD
 
 
 def cuda_available() -> bool:

@@ -17,14 +17,16 @@ from memchat.engine.state import (
     LogMismatch,
     LongTermMemory,
     MemoryState,
+    keep_and_append,
     kept_indices,
     merge_cache,
     pruned_row_ids,
     retrieve,
+    rewrite_pool,
     update,
 )
 
-from ._util import assert_states_equal, random_ids, states_equal
+from ._util import assert_states_equal, random_ids, run_module, states_equal
 
 
 def _cfg(tiny_checkpoint, kind: str, **overrides) -> MemoryConfig:
@@ -311,3 +313,35 @@ def test_a_state_refuses_a_log_without_its_rows(engine_of):
         other.append(layer, torch.randn(n, engine.config.hidden_size))
     with pytest.raises(LogMismatch, match="differ"):
         MemoryState.from_tensors(tensors, other)
+
+
+_UPDATE_PEAK = """
+import resource, sys, torch
+from memchat.engine.state import keep_and_append, rewrite_pool
+L, N, d, K = 8, 4096, 1024, 256  # a 128 MiB pool
+rows, new = torch.ones(L, N, d), torch.zeros(L, K, d)
+kept = torch.stack([torch.randperm(N)[: N - K].sort().values for _ in range(L)])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+{"functional": keep_and_append, "in_place": rewrite_pool}[sys.argv[1]](rows, kept, new)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / rows.nbytes)
+"""
+
+
+@pytest.mark.parametrize(("how", "most"), [("functional", 1.5), ("in_place", 0.25)])
+def test_a_memory_update_needs_room_for_one_more_pool_in_training_and_one_layer_in_the_engine(how, most):
+    # Peak RSS of a fresh process, in pools. The functional update (training) builds a new pool beside
+    # the old one, a layer at a time (gathering every layer before concatenating held a third pool:
+    # 1.94). The engine rewrites its own pool and needs one layer's kept rows (1/8 here) beside it.
+    proc = run_module("-c", _UPDATE_PEAK, how)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) < most
+
+
+def test_the_engine_rewrites_its_pool_in_place_to_what_the_functional_update_gives():
+    L, N, d, K = 3, 40, 8, 5
+    g = torch.Generator().manual_seed(0)
+    pool, new = torch.randn(L, N, d, generator=g), torch.randn(L, K, d, generator=g)
+    kept = torch.stack([torch.randperm(N, generator=g)[: N - K].sort().values for _ in range(L)])
+    expected = keep_and_append(pool, kept, new)
+    assert rewrite_pool(pool, kept, new) is pool
+    assert torch.equal(pool, expected)

@@ -48,17 +48,22 @@ class FakeConfig:
     max_injection_tokens = 10_000
 
 
+class FakeState(list):
+    def clone(self) -> FakeState:
+        return FakeState(self)
+
+
 class FakeEngine:
     """Remembers an injected fact until two more contexts were injected after it."""
 
     def __init__(self):
         self.tokenizer, self.config = FakeTokenizer(), FakeConfig()
-        self.state = ()
+        self.state = FakeState()
         self.seeds = []
 
     def inject(self, text, seed: int, origin: int = 0) -> None:
         self.seeds.append(seed)
-        self.state = (*self.state, text)  # a new state object, as the engine's update builds
+        self.state.append(text)  # in place, as the engine rewrites its pool
 
     def generate_ids(self, question, sampling):
         assert sampling.temperature == 0
@@ -75,7 +80,7 @@ def test_run_retention_counts_hits_control_and_abstain():
     assert result.distances == [0, 1, 2, 4]
     assert result.recall == {0: 1.0, 1: 1.0, 2: 1.0, 4: 0.0}  # case-insensitive; forgotten after 2
     assert (result.control, result.abstain, result.n) == (0.0, 1.0, 3)
-    assert engine.state == ()  # put back as it was
+    assert engine.state == []  # put back as it was
     assert json.loads(json.dumps(result.to_json())) == {
         "recall": {"0": 1.0, "1": 1.0, "2": 1.0, "4": 0.0}, "control": 0.0, "abstain": 1.0, "update": None,
         "n": 3}
@@ -107,7 +112,7 @@ def test_update_questions_need_the_newer_value_and_not_the_older():
         engine = Echo(newest_only)
         result = run_retention(engine, [recall, update, update], ["chit"], distances=[0])
         assert (result.n, result.updates, result.update, result.recall) == (1, 2, expected, {0: 1.0})
-        assert result.to_json()["update"] == expected and engine.state == ()
+        assert result.to_json()["update"] == expected and engine.state == []
 
 
 def test_data_files(tmp_path):
