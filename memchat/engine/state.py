@@ -207,10 +207,10 @@ def update(
     if cfg.is_mplus:  # reads the rows about to be dropped, so before the pool is rewritten
         assert selector_keys is not None, "an M+ update needs the selector's key projection"
         new = _mplus_update(cfg, state, kept, selector_keys)
-    delta = delta.to(state.memory.dtype)
-    write = rewrite_pool if in_place else keep_and_append
-    memory = write(state.memory, kept, delta)
     origins = keep_and_append(state.origins, kept, torch.full(delta.shape[:2], origin, dtype=torch.int64))
+    delta = delta.to(state.memory.dtype)
+    # Last, once nothing else can fail: rewritten in place, the pool cannot go back.
+    memory = (rewrite_pool if in_place else keep_and_append)(state.memory, kept, delta)
     return replace(new, memory=memory, origins=origins)
 
 
