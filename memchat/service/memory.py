@@ -47,6 +47,10 @@ ORIGINS_KEY = "origins"  # JSON {journal row id: memory rows it still occupies}
 LTM_ROWS_KEY = "ltm_rows"  # M+: long-term rows in the state
 MODEL_KEY = "model"
 RATE_KEY = "inject_tokens_per_s"  # journal meta: measured replay speed, for forget's time estimate
+# Journal meta: JSON [[first journal row id, setup], …], the setups that computed the live memory's rows.
+# Another quantization, dtype or device computes the same injection slightly differently, so a rebuild
+# matches the memory bit for bit only under the setups that built it.
+SETUPS_KEY = "setups"
 LIVE = ("pending", "applied")
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -243,6 +247,8 @@ class Memory:
 
     def _replay(self, rows: Iterable[Row], progress: Progress | None = None, total: int | None = None) -> int:
         rows = list(rows)
+        if rows:
+            self._record_setup()
         done = 0
         for row in rows:
             start = time.perf_counter()
@@ -331,6 +337,21 @@ class Memory:
             "memory_bytes": pool.numel() * pool.element_size(),
             "max_injection_tokens": cfg.max_injection_tokens,
         }
+
+    def setup(self) -> str:
+        """What computes injections here, to the bit: quantization, dtype and device (a GPU by its name)."""
+        import torch
+
+        about, device = self.describe(), self.engine.model.device
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        return f"{about['quant']} {about['dtype']} on {where}"
+
+    def _record_setup(self) -> None:
+        """Note that the rows applied next (all after `upto`) are computed with this run's setup."""
+        history = [entry for entry in setups(self.journal) if entry[0] <= self.upto]
+        if not history or history[-1][1] != self.setup():
+            history.append((self.upto + 1, self.setup()))
+        self.journal.set_meta(SETUPS_KEY, json.dumps(history))
 
     # --- restoring ------------------------------------------------------------------------------------
 
@@ -546,6 +567,11 @@ def check_gpu_fits(model: str, folder: Path, device: str | None, quant: str | No
 # Which injection wrote which row, and where long-term rows sit in their log: bookkeeping, not memory
 # (the long-term rows' values count through `ltm.rows_sha256.*`). Names, or prefixes ending in '.'.
 BOOKKEEPING = ("origins", "ltm.row_ids.", "ltm.log_lengths")
+
+
+def setups(journal: Journal) -> list[tuple[int, str]]:
+    """(first journal row id, setup) for each setup that computed the live memory's rows, oldest first."""
+    return [(int(first), setup) for first, setup in json.loads(journal.get_meta(SETUPS_KEY) or "[]")]
 
 
 def memory_digest(tensors: dict) -> str:

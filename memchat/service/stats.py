@@ -17,6 +17,7 @@ from memchat.service.memory import (
     memory_layout,
     saved_digest,
     saved_meta,
+    setups,
 )
 from memchat.store.journal import Journal
 from memchat.store.paths import MemoryLayout
@@ -38,6 +39,7 @@ def stats(options: Options, live: Memory | None = None) -> dict:
         origins = {int(k): v for k, v in json.loads(meta.get(ORIGINS_KEY, "{}")).items()}
         rows = {i: journal.get(i) for i in origins if i >= 0}
         last = journal.last_row_time()
+        computed_with = [{"from_row": first, "setup": setup} for first, setup in setups(journal)]
     total_rows = sum(origins.values())
     by_source, by_period = defaultdict(int), defaultdict(int)
     for row_id, n in origins.items():
@@ -53,6 +55,7 @@ def stats(options: Options, live: Memory | None = None) -> dict:
         "tokens": counts.tokens,
         "by_source": {name: {"injections": n, "tokens": t} for name, (n, t) in counts.by_source.items()},
         "memory_digest": digest,
+        "computed_with": computed_with,
         "snapshots": _count(layout.snapshots, "*.safetensors"),
         "disk_bytes": _disk_bytes(layout.root),
         **_ltm_rows(layout, meta),
@@ -101,6 +104,7 @@ def render_stats(console, data: dict) -> None:
         ("snapshots", data["snapshots"]),
         ("on disk", f"{data['disk_bytes'] / 1e6:.1f} MB in {data['path']}"),
         ("digest", (data["memory_digest"] or "-")[:16]),
+        ("computed with", _setups_line(data["computed_with"])),
     ):
         table.add_row(label, str(value))
     if "ltm_rows_live" in data:
@@ -113,6 +117,12 @@ def render_stats(console, data: dict) -> None:
         if shares:
             console.print(f"[bold]{title}[/]")
             _bars(console, shares)
+
+
+def _setups_line(computed_with: list[dict]) -> str:
+    if len(computed_with) == 1:
+        return computed_with[0]["setup"]
+    return "; ".join(f"{c['setup']} from row {c['from_row']}" for c in computed_with) or "-"
 
 
 def _bars(console, shares: dict[str, float], width: int = 40) -> None:

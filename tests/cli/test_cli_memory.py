@@ -175,3 +175,21 @@ def test_a_forgotten_file_is_ingested_again(tmp_path):
     assert "from 1 file;" in again.stdout, again.stdout
     assert stats(home)["injections"] == 1
 
+
+
+def test_a_memory_built_under_two_quantizations_says_so_in_stats_and_verify(tmp_path):
+    home = tmp_path / "home"
+    memchat(home, "ask", "--max-new-tokens", "1", "My dog is called Biscuit.")
+    memchat(home, "--quant", "int8", "ask", "--max-new-tokens", "1", "I live in Lyon.")
+    computed_with = stats(home)["computed_with"]
+    assert computed_with == [{"from_row": 1, "setup": "none float32 on cpu"},
+                             {"from_row": 2, "setup": "int8 float32 on cpu"}]
+    verify = memchat(home, "memory", "verify", check=False)
+    assert verify.returncode == 1
+    assert "computed with int8 float32 on cpu, and this run's none float32 on cpu" in verify.stderr
+    assert len(verify.stderr.strip().splitlines()) == 1
+    # Forgetting the int8 turn rebuilds with this run's setup: one setup again, and verify agrees.
+    memchat(home, "forget", "--source", "chat", "--yes")
+    memchat(home, "ask", "--max-new-tokens", "1", "My dog is called Biscuit.")
+    assert [c["setup"] for c in stats(home)["computed_with"]] == ["none float32 on cpu"]
+    assert "ok" in memchat(home, "memory", "verify").stdout
