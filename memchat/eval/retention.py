@@ -236,7 +236,7 @@ def run_retention(
                 sequence = rng.sample(pool, longest)
             else:
                 sequence = [rng.choice(pool) for _ in range(longest)]
-            engine.state = initial.clone()  # the engine rewrites the pool it is given
+            engine.state = initial  # asking writes nothing
             reply = ask(engine, item.question, max_new_tokens)
             result.control_hits += _hit(reply, item.answer)
             result.abstained += any(m in reply.lower() for m in markers)
@@ -244,7 +244,7 @@ def run_retention(
             done += 1
             if progress:
                 progress(done, total)
-            engine.state = initial.clone()
+            engine.state = initial.clone()  # the engine rewrites the pool it is given
             position = inject_context(engine, item.context, seed, q, 0)
             injected = 0
             for d in distances:
