@@ -231,3 +231,28 @@ def test_an_adapter_on_o_proj_is_applied(engine_of):
     with torch.no_grad():
         o_proj.lora_B["decoder_adapter"].weight.mul_(3.0)
     assert (plain_logits(engine, prompt) - before).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["memoryllm", "mplus"])
+def test_ctrl_c_during_the_in_place_update_arrives_after_it_with_the_whole_new_memory(
+    engine_of, kind, monkeypatch
+):
+    import os
+    import signal
+
+    import memchat.engine.state as state_module
+
+    twin, engine = engine_of(kind), engine_of(kind)
+    _replay(twin)
+    _replay(engine, JOURNAL[:-1])
+    real = state_module.rewrite_pool
+
+    def interrupted(pool, kept, new):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the pool starts being rewritten
+        return real(pool, kept, new)
+
+    monkeypatch.setattr(state_module, "rewrite_pool", interrupted)
+    n, seed = JOURNAL[-1]
+    with pytest.raises(KeyboardInterrupt):
+        engine.inject(random_ids(n, seed=1000 + len(JOURNAL)), seed=seed, origin=len(JOURNAL))
+    assert_states_equal(engine.state, twin.state)  # pool, origins (so `upto`) and M+ parts all moved on
