@@ -103,3 +103,14 @@ def test_kv_cache_growth_keeps_its_rows(tiny_checkpoint):
     assert torch.equal(cache.k[0][:, :, :10], k) and torch.equal(cache.v[0][:, :, :10], -k)
     cache.reserve(0)
     assert cache.capacity == 20  # grows by doubling, and only when needed
+
+
+def test_kv_cache_growth_doubles_the_room_after_the_memory_prefix_not_the_prefix(tiny_checkpoint):
+    cfg = _cfg(tiny_checkpoint, "memoryllm")
+    cache = KVCache(cfg, 110, torch.float32, "cpu")
+    cache.prefix_len, cache.length = 100, 110
+    cache.reserve(1)
+    assert cache.capacity == 120
+    cache.length = 120
+    cache.reserve(50)
+    assert cache.capacity == 170  # what the prompt needs, when that is more than double
