@@ -256,3 +256,21 @@ def test_ctrl_c_during_the_in_place_update_arrives_after_it_with_the_whole_new_m
     with pytest.raises(KeyboardInterrupt):
         engine.inject(random_ids(n, seed=1000 + len(JOURNAL)), seed=seed, origin=len(JOURNAL))
     assert_states_equal(engine.state, twin.state)  # pool, origins (so `upto`) and M+ parts all moved on
+
+
+@pytest.mark.parametrize("kind", ["memoryllm", "mplus"])
+def test_the_engines_in_place_injections_equal_the_functional_updates(engine_of, kind):
+    # M+ must read the rows an update drops before the pool is rewritten: with the order wrong the
+    # long-term memory would take the new rows instead, and only this comparison would tell.
+    from memchat.engine.state import kept_indices, update
+
+    engine, functional = engine_of(kind), engine_of(kind).state
+    cfg, model = engine.config, engine.model
+    for origin, (n, seed) in enumerate(JOURNAL, start=1):
+        ids = random_ids(n, seed=1000 + origin)
+        with torch.inference_mode():
+            delta = model.inject(ids[None], functional.memory.unsqueeze(1), functional.initialized)[:, 0]
+            kept = kept_indices(cfg, seed) if functional.initialized else None
+            functional = update(cfg, functional, delta, kept, origin, model.selector_keys)
+        engine.inject(ids, seed=seed, origin=origin)
+    assert_states_equal(engine.state, functional)
