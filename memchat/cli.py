@@ -280,7 +280,7 @@ def memory_verify(ctx: typer.Context) -> None:
     with _open(ctx) as memory, progress_bar(err) as bar:
         task = bar.add_task("rebuilding from the journal", total=None)
         live, rebuilt = memory.verify(progress=lambda d, t: bar.update(task, completed=d, total=t))
-        current = memory.setup()
+        current = memory.setup
         others = sorted({setup for _, setup in setups(memory.journal)} - {current})
     if live != rebuilt:
         why = (

@@ -8,6 +8,7 @@ caches of that fold: on open we load the newest consistent one and replay the ro
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import secrets
 import sys
@@ -338,6 +339,7 @@ class Memory:
             "max_injection_tokens": cfg.max_injection_tokens,
         }
 
+    @functools.cached_property
     def setup(self) -> str:
         """What computes injections here, to the bit: quantization, dtype and device (a GPU by its name)."""
         import torch
@@ -347,11 +349,14 @@ class Memory:
         return f"{about['quant']} {about['dtype']} on {where}"
 
     def _record_setup(self) -> None:
-        """Note that the rows applied next (all after `upto`) are computed with this run's setup."""
-        history = [entry for entry in setups(self.journal) if entry[0] <= self.upto]
-        if not history or history[-1][1] != self.setup():
-            history.append((self.upto + 1, self.setup()))
-        self.journal.set_meta(SETUPS_KEY, json.dumps(history))
+        """Note that the rows applied next (all after `upto`) are computed with this run's setup. Written
+        only when that changes the record: every chat turn passes here."""
+        recorded = setups(self.journal)
+        history = [entry for entry in recorded if entry[0] <= self.upto]
+        if not history or history[-1][1] != self.setup:
+            history.append((self.upto + 1, self.setup))
+        if history != recorded:
+            self.journal.set_meta(SETUPS_KEY, json.dumps(history))
 
     # --- restoring ------------------------------------------------------------------------------------
 
