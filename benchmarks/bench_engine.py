@@ -20,7 +20,7 @@ from _report import print_figures
 
 from memchat.engine.config import MemoryConfig
 from memchat.engine.engine import Engine
-from memchat.engine.generate import Sampling, generate
+from memchat.engine.generate import CudaGraphs, Sampling, answer, generate
 from memchat.engine.load import build_model, populate
 from memchat.engine.model import KVCache
 from memchat.engine.quantize import check_mode, default_mode
@@ -115,7 +115,9 @@ def timed(cases: dict, device: torch.device, repeats: int) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def run(config: str, device: torch.device, quant: str, repeats: int, question_len: int = 32) -> dict:
+def run(
+    config: str, device: torch.device, quant: str, repeats: int, graphed: bool, question_len: int = 32
+) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = make_config(config)
     engine = random_engine(cfg, device, quant, dtype)
@@ -125,27 +127,31 @@ def run(config: str, device: torch.device, quant: str, repeats: int, question_le
     context = torch.randint(3, cfg.vocab_size, (1, cfg.max_injection_tokens), generator=g).to(device)
 
     empty = KVCache(cfg, question_len + 1, model.dtype, device)
+    cache = engine.cache()
+    graphs = {id(c): CudaGraphs(model, c) if graphed else None for c in (empty, cache)}
+
+    def first_token(c: KVCache) -> None:
+        c.reset()
+        answer(model, c, question, graphs[id(c)]).argmax()
 
     def first_token_no_memory():
         empty.length = 0
-        model(question, empty, last_only=True).argmax()
-
-    cache = engine.cache()
+        first_token(empty)
 
     def first_token_cached():
-        cache.reset()
-        model(question, cache, last_only=True).argmax()
+        first_token(cache)
 
     def first_token_recompute():
         model.fill_prefix(cache, engine.state.memory.unsqueeze(1))
-        model(question, cache, last_only=True).argmax()
+        first_token(cache)
 
     decode_tokens = 32
     never_stop = Sampling(max_new_tokens=decode_tokens)
 
     def decode():
         # No stop ids: random weights may well emit the eos id.
-        produced = sum(1 for _ in generate(model, cache, question.cpu(), never_stop))
+        tokens = generate(model, cache, question.cpu(), never_stop, graphs=graphs[id(cache)])
+        produced = sum(1 for _ in tokens)
         assert produced == decode_tokens
 
     def inject():
@@ -168,6 +174,7 @@ def run(config: str, device: torch.device, quant: str, repeats: int, question_le
         "config": config,
         "device": str(device),
         "quant": quant,
+        "cuda_graphs": graphed,
         "memory_rows": cfg.memory_rows,
         "layers": cfg.num_layers,
         "question_tokens": question_len,
@@ -191,13 +198,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quant", default=None, help="nf4, int8 or none (default: nf4 on CUDA, none on CPU)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eager", action="store_true", help="on CUDA, run forwards without CUDA graphs")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     quant = check_mode(args.quant or default_mode(device))
-    figures = run(args.config, device, quant, args.repeats)
+    figures = run(args.config, device, quant, args.repeats, device.type == "cuda" and not args.eager)
     print_figures(figures)
 
 

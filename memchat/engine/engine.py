@@ -13,7 +13,14 @@ import torch
 from torch import Tensor
 
 from memchat.engine.config import MemoryConfig
-from memchat.engine.generate import Sampling, eos_ids, generate, read_generation_config, stream_text
+from memchat.engine.generate import (
+    CudaGraphs,
+    Sampling,
+    eos_ids,
+    generate,
+    read_generation_config,
+    stream_text,
+)
 from memchat.engine.load import load, resolve
 from memchat.engine.model import KVCache, MemoryModel
 from memchat.engine.state import MemoryState, kept_indices, retrieve, update
@@ -31,6 +38,7 @@ class Engine:
         state: MemoryState,
         folder: Path | None = None,
         tokenizer: Tokenizer | None = None,
+        cuda_graphs: bool = True,
     ):
         self.model = model
         self.folder = folder
@@ -40,6 +48,8 @@ class Engine:
         self._eos = eos_ids(generation_config)
         self._state = state
         self._cache: KVCache | None = None  # built on the first question, then kept current
+        self._graphs: CudaGraphs | None = None
+        self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
 
     @classmethod
     def load(
@@ -106,6 +116,15 @@ class Engine:
             self._cache = cache  # only once complete: an interrupt half-way leaves no partial prefix
         return self._cache
 
+    def graphs(self) -> CudaGraphs | None:
+        """CUDA graphs of the answering forward over the current cache (on a GPU, unless turned off)."""
+        if not self.cuda_graphs:
+            return None
+        cache = self.cache()
+        if self._graphs is None or not self._graphs.serves(cache):
+            self._graphs = CudaGraphs(self.model, cache)
+        return self._graphs
+
     def retriever(self):
         """M+: the per-layer long-term retrieval the answering prefill calls; None for MemoryLLM."""
         ltm = self._state.ltm
@@ -128,6 +147,7 @@ class Engine:
             self.stop_ids(),
             self.retriever(),
             generator,
+            graphs=self.graphs(),
         )
 
     def stream(

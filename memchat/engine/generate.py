@@ -61,6 +61,68 @@ def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | 
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+class CudaGraphs:
+    """Answering forwards replayed as CUDA graphs, for one KV cache's buffers.
+
+    On a GPU a token's few thousand small kernels cost far more to launch from Python than to run; a
+    graph launches them all at once. A graph is captured per row count (a prompt is padded up to a power
+    of two; a decoded token is one row) the first time that count is needed, around `MemoryModel.step`,
+    whose shapes never change. It reads the cache's buffers where they are: when the cache grows or is
+    replaced, the graphs go with it.
+    """
+
+    def __init__(self, model: MemoryModel, cache: KVCache):
+        self.model, self.cache = model, cache
+        self._buffers = self._where(cache)
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, Tensor]] = {}
+
+    @staticmethod
+    def _where(cache: KVCache) -> tuple[int, int]:
+        return cache.k[0].data_ptr(), cache.capacity
+
+    def serves(self, cache: KVCache) -> bool:
+        return cache is self.cache and self._where(cache) == self._buffers
+
+    def __call__(self, ids: Tensor) -> Tensor | None:
+        """Logits [vocab] of the last of `ids` [1, n] after what the cache holds, or None when the rows
+        do not fit in the cache as it is (the caller then runs the forward as usual)."""
+        n, cache = ids.shape[1], self.cache
+        rows = 1 << (n - 1).bit_length()
+        if not self.serves(cache) or cache.length + rows > cache.capacity or rows > MAX_GRAPH_ROWS:
+            return None
+        graph, static_ids, start, last, logits = self._graphs.get(rows) or self._capture(rows)
+        static_ids[:, :n].copy_(ids)
+        start.fill_(cache.length)
+        last.fill_(n - 1)
+        graph.replay()
+        cache.length += n
+        return logits[0, -1]
+
+    def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, Tensor]:
+        device, cache = self.model.device, self.cache
+        static_ids = torch.zeros(1, rows, dtype=torch.long, device=device)
+        start = torch.full((1,), cache.length, device=device)
+        last = torch.zeros(1, dtype=torch.long, device=device)
+        # Kernels pick their algorithms and allocate workspace on first use: that must happen before
+        # capture, on the capturing stream. These runs write only past the cache's current rows.
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.model.step(static_ids, cache, start, last)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self.model.step(static_ids, cache, start, last)
+        self._graphs[rows] = graph, static_ids, start, last, logits
+        return self._graphs[rows]
+
+
+# Longer prompts run eagerly: their kernels outweigh the launches, and a graph's memory grows with its rows.
+MAX_GRAPH_ROWS = 512
+
+
 @torch.inference_mode()
 def generate(
     model: MemoryModel,
@@ -71,24 +133,39 @@ def generate(
     retrieve: Callable[[int, Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     logits_out: list[Tensor] | None = None,
+    graphs: CudaGraphs | None = None,
 ) -> Iterator[int]:
     """Yield new token ids for `prompt` [1, n] until a stop id or max_new_tokens.
 
     The cache is reset to its memory prefix first; M+ retrieves once, from the prompt, in the prefill.
-    `logits_out`, when given, receives the logits each token was chosen from.
+    `logits_out`, when given, receives the logits each token was chosen from. With `graphs`, forwards
+    replay CUDA graphs where they can (not M+'s retrieving prefill).
     """
     stop = set(stop_ids)
     cache.reset()
-    logits = model(prompt.to(model.device), cache, retrieve=retrieve, last_only=True)[0, -1]
+    logits = answer(model, cache, prompt.to(model.device), graphs, retrieve)
+    step = torch.zeros(1, 1, dtype=torch.long, device=model.device)
     for produced in range(sampling.max_new_tokens):
         if logits_out is not None:
-            logits_out.append(logits)
+            logits_out.append(logits.clone())  # a graph's logits are overwritten by its next replay
         token = next_token(logits, sampling, generator)
         if token in stop:
             return
         yield token
         if produced + 1 < sampling.max_new_tokens:
-            logits = model(torch.tensor([[token]], device=model.device), cache)[0, -1]
+            logits = answer(model, cache, step.fill_(token), graphs)
+
+
+def answer(
+    model: MemoryModel, cache: KVCache, ids: Tensor, graphs: CudaGraphs | None = None,
+    retrieve: Callable[[int, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Logits [vocab] of the last of `ids` [1, n] after what the cache holds, appending ids to it:
+    a graph replay where one serves (M+'s retrieving prefill never), else the model's forward."""
+    logits = graphs(ids) if graphs is not None and retrieve is None else None
+    if logits is None:
+        logits = model(ids, cache, retrieve=retrieve, last_only=True)[0, -1]
+    return logits
 
 
 def stream_text(tokens: Iterable[int], decode: Callable[[list[int]], str]) -> Iterator[str]:

@@ -118,40 +118,89 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], start: int, adapter: str
+        self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], start: int | Tensor,
+        adapter: str, mask: Tensor | None, prefix: int = 0,
     ) -> Tensor:
-        """Query rows `x` [B, n, d] at positions start…start+n-1.
+        """Query rows `x` [B, n, d] written at cache rows start…start+n-1, reading keys under `mask`.
 
         `kv` are this layer's key/value buffers [B, kv_heads, capacity, head_dim] holding the rotated
-        keys of every earlier row; the rows of `x` are written after them, and query i sees the first
-        start + i + 1 rows.
+        keys of every earlier row. See `write_rows` for `start` and what the queries read. With
+        `prefix`, the mask allows every query the first `prefix` keys (`attend_after_prefix`).
         """
         attn = self.self_attn
         h = self.input_layernorm(x)
         q = apply_rope(self._split(linear(attn.q_proj, h, adapter), self.heads), *rope)
-        end = start + x.shape[-2]
-        kv[0][:, :, start:end] = apply_rope(
-            self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope
-        )
-        kv[1][:, :, start:end] = self._split(linear(attn.v_proj, h, adapter), self.kv_heads)
-        o = attend(q, kv[0][:, :, :end], kv[1][:, :, :end], start)
+        k = apply_rope(self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope)
+        keys, values = write_rows(kv, start, k, self._split(linear(attn.v_proj, h, adapter), self.kv_heads))
+        o = attend_after_prefix(q, keys, values, mask, prefix) if prefix else attend(q, keys, values, mask)
         x = x + linear(attn.o_proj, o.transpose(-3, -2).reshape(*x.shape[:-1], -1), adapter)
         return x + self.mlp(self.post_attention_layernorm(x), adapter)
 
 
-def attend(q: Tensor, keys: Tensor, values: Tensor, seen: int) -> Tensor:
-    """Queries [B, H, n, hd] over keys [B, kv_heads, seen + n, hd]; query i sees key j ≤ seen + i.
+def write_rows(kv: tuple[Tensor, Tensor], start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Write new rows' keys and values from cache row `start` on; return the keys and values to read.
+
+    With an int start these are the rows up to the new ones. With a tensor start (the new rows' cache
+    indices on the device, as a CUDA graph needs) nothing depends on a host value: the whole buffers
+    are read, and the mask hides the rows not written yet.
+    """
+    if isinstance(start, Tensor):
+        kv[0].index_copy_(2, start, k)
+        kv[1].index_copy_(2, start, v)
+        return kv
+    end = start + k.shape[-2]
+    kv[0][:, :, start:end] = k
+    kv[1][:, :, start:end] = v
+    return kv[0][:, :, :end], kv[1][:, :, :end]
+
+
+def causal_mask(n: int, seen: int, device: torch.device) -> Tensor | None:
+    """Query i of n new rows sees key j ≤ seen + i: every earlier row, then causally. None for one row."""
+    if n == 1:
+        return None
+    return torch.ones(n, seen + n, dtype=torch.bool, device=device).tril(seen)
+
+
+def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+    """Queries [B, H, n, hd] over keys [B, kv_heads, S, hd], query i reading the keys mask[i] [n, S] allows.
 
     The query heads sharing a key/value head are stacked as extra query rows, so grouped KV heads are
     read in place instead of being repeated per query head.
     """
     B, H, n, hd = q.shape
     groups = H // keys.shape[1]
-    mask = None
-    if n > 1:
-        mask = torch.ones(n, seen + n, dtype=torch.bool, device=q.device).tril(seen).repeat(groups, 1)
+    if mask is not None and groups > 1:
+        mask = mask.repeat(groups, 1)
     o = F.scaled_dot_product_attention(q.reshape(B, -1, groups * n, hd), keys, values, attn_mask=mask)
     return o.reshape(B, H, n, hd)
+
+
+def attend_after_prefix(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, prefix: int) -> Tensor:
+    """`attend` when every query sees the first `prefix` keys (the memory prefix): those are read by a
+    flash kernel without a mask, the rest under the mask, and the two softmaxes merged by their
+    log-sum-exps. A mask over the whole prefix would push the attention onto a kernel that costs three
+    times as much (at 12,801 memory rows it was two thirds of a decoded token's GPU time).
+    """
+    B, H, n, hd = q.shape
+    groups = H // keys.shape[1]
+    q = q.reshape(B, -1, groups * n, hd)
+    flash = (torch.ops.aten._scaled_dot_product_flash_attention if q.is_cuda
+             else torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    o_prefix, lse_prefix = flash(q, keys[:, :, :prefix], values[:, :, :prefix])[:2]
+    scores = (q.float() @ keys[:, :, prefix:].float().transpose(-1, -2)) * hd**-0.5
+    scores = scores.masked_fill(~mask[:, prefix:].repeat(groups, 1), float("-inf"))
+    lse_rest = scores.logsumexp(-1)  # finite: a query always sees its own key
+    lse = torch.logaddexp(lse_prefix.float(), lse_rest)
+    o = (o_prefix.float() * (lse_prefix - lse).exp()[..., None]
+         + (scores - lse[..., None]).exp() @ values[:, :, prefix:].float())
+    return o.to(values.dtype).reshape(B, H, n, hd)
+
+
+def flash_reads(x: Tensor) -> bool:
+    """Whether `attend_after_prefix` has a flash kernel for tensors like `x`."""
+    if not x.is_cuda:
+        return True
+    return x.dtype in (torch.float16, torch.bfloat16) and torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -174,7 +223,9 @@ class Rope:
         p = positions.float()
         if self.position_scale != 1.0:
             p = p * self.position_scale
-        freqs = p[:, None] * self.inv_freq.to(p.device)[None, :]
+        if self.inv_freq.device != p.device:  # moved once: a CUDA graph cannot copy from the host
+            self.inv_freq = self.inv_freq.to(p.device)
+        freqs = p[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
 
@@ -364,7 +415,8 @@ class MemoryModel(nn.Module):
         kv = (k.new_empty(shape), v.new_empty(shape))
         kv[0][:, :, :P] = apply_rope(k, cos[:P], sin[:P])
         kv[1][:, :, :P] = v
-        return block(X[:, P:], (cos[P:], sin[P:]), kv, P, adapter)
+        mask = causal_mask(X.shape[1] - P, P, X.device)
+        return block(X[:, P:], (cos[P:], sin[P:]), kv, P, adapter, mask)
 
     def fill_prefix(self, cache: KVCache, memory: Tensor) -> None:
         """Compute every layer's memory prefix (memory [L, B, N, d]) into the cache's prefix region."""
@@ -430,22 +482,42 @@ class MemoryModel(nn.Module):
         `hidden`, when given, collects each layer's input rows and the final normed rows. `last_only`
         skips the vocabulary projection for all but the last position, all that generation needs.
         """
-        adapter = self.config.answer_adapter
-        x = self.model.embed_tokens(ids)
         start, n = cache.length, ids.shape[1]
         cache.reserve(n)
-        rope = self._rope(start, start + n)
-        for layer, block in enumerate(self.layers):
-            if hidden is not None:
-                hidden.append(x)
-            if retrieve is not None:
-                self._fill_retrieved(cache, layer, block, x, retrieve)
-            x = block(x, rope, cache.layer(layer), start, adapter)
+        mask = causal_mask(n, start, self.device)
+        x = self._answer(ids, cache, start, self._rope(start, start + n), mask, retrieve, hidden)
         cache.length = start + n
         x = self.model.norm(x[:, -1:] if last_only else x)
         if hidden is not None:
             hidden.append(x)
         return self.lm_head(x)
+
+    def step(self, ids: Tensor, cache: KVCache, start: Tensor, last: Tensor) -> Tensor:
+        """The answering forward in shapes that never change, for a CUDA graph to capture: ids [1, n] go
+        to the cache rows from `start` [1] (a device tensor) on and read the whole cache under a mask; the
+        logits [1, 1, vocab] are those of row `last` [1]. Rows after `last` may be padding: causal
+        attention keeps them out of it. The caller sets `cache.length`.
+        """
+        slots = start + torch.arange(ids.shape[1], device=self.device)
+        mask = torch.arange(cache.capacity, device=self.device) <= slots[:, None]
+        prefix = cache.prefix_len if cache.prefix_len and flash_reads(cache.k[0]) else 0
+        x = self._answer(ids, cache, slots, self.rope(slots, self.dtype), mask, prefix=prefix)
+        return self.lm_head(self.model.norm(x.index_select(1, last)))
+
+    def _answer(
+        self, ids: Tensor, cache: KVCache, start: int | Tensor, rope: tuple[Tensor, Tensor],
+        mask: Tensor | None, retrieve: Callable[[int, Tensor], Tensor] | None = None,
+        hidden: list[Tensor] | None = None, prefix: int = 0,
+    ) -> Tensor:
+        adapter = self.config.answer_adapter
+        x = self.model.embed_tokens(ids)
+        for layer, block in enumerate(self.layers):
+            if hidden is not None:
+                hidden.append(x)
+            if retrieve is not None:
+                self._fill_retrieved(cache, layer, block, x, retrieve)
+            x = block(x, rope, cache.layer(layer), start, adapter, mask, prefix)
+        return x
 
     def _fill_retrieved(
         self, cache: KVCache, layer: int, block: Block, x: Tensor, retrieve: Callable[[int, Tensor], Tensor]

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from memchat.engine.generate import Sampling, generate, next_token, stream_text
+from memchat.engine.generate import Sampling, answer, generate, next_token, stream_text
 
-from ._util import fresh_cache, random_ids
+from ._util import clone_state, fresh_cache, random_ids
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 
@@ -233,3 +233,88 @@ def test_sampling_from_generation_config(engine_of, tmp_path):
     assert engine_of("memoryllm-7b").sampling.temperature == 0.0
     override = chat.sampling.with_overrides(temperature=0.0, top_p=None)
     assert (override.temperature, override.top_p) == (0.0, 0.9)
+
+
+# --- the fixed-shape step and CUDA graphs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memoryllm", "mplus"])
+def test_fixed_shape_step_matches_the_forward(engine_of, kind):
+    """`step` (what a CUDA graph replays) gives the forward's logits and cache rows, padding included."""
+    engine = engine_of(kind)
+    engine.inject(random_ids(11, seed=30), seed=30)
+    prompt, token = random_ids(5, seed=31)[None], torch.tensor([[77]])
+    model, cache = engine.model, engine.cache()
+    with torch.inference_mode():
+        cache.reset()
+        expected = [model(prompt, cache, last_only=True)[0, -1], model(token, cache)[0, -1]]
+        keys = [k[:, :, : cache.length].clone() for k in cache.k]
+        cache.reset()
+        start = cache.length
+        padded = torch.cat([prompt, random_ids(3, seed=32)[None]], dim=1)  # 8 rows, 3 of them padding
+        got = [model.step(padded, cache, torch.tensor([start]), torch.tensor([4]))[0, -1]]
+        got.append(model.step(token, cache, torch.tensor([start + 5]), torch.tensor([0]))[0, -1])
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for k, k_expected in zip(cache.k, keys, strict=True):
+        torch.testing.assert_close(k[:, :, : start + 6], k_expected, atol=1e-5, rtol=0)
+
+
+def _cuda_engine(loaded, kind, quant, dtype=None):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from memchat.engine.engine import Engine
+    from memchat.engine.load import load
+
+    folder = loaded(kind)[2]
+    model, state = load(folder, device="cuda", quant=quant, dtype=dtype)
+    return lambda graphs: Engine(model, clone_state(state), folder, loaded(kind)[3], cuda_graphs=graphs)
+
+
+def _teacher_forced(engine, prompt, tokens) -> torch.Tensor:
+    """Logits of the prompt's last row, then of each of `tokens` fed in turn: [1 + len(tokens), vocab]."""
+    model, cache, graphs = engine.model, engine.cache(), engine.graphs()
+    cache.reset()
+    with torch.inference_mode():
+        rows = [answer(model, cache, prompt.cuda(), graphs, engine.retriever()).float().clone()]
+        for token in tokens:
+            rows.append(answer(model, cache, torch.tensor([[token]], device="cuda"), graphs).float().clone())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("kind", ["memoryllm", "mplus"])
+@pytest.mark.parametrize("quant", ["nf4", "int8", "none"])
+def test_cuda_graphs_answer_as_the_eager_forward(loaded, kind, quant):
+    """In bf16 the graphs' kernels (the prefix read by flash, the rest in fp32) round differently from
+    the eager ones: both are held to an fp32 computation of the same weights, and the graphs may not be
+    further from it than the eager forward is (with a margin of one bf16 step of the largest logit)."""
+    engines = _cuda_engine(loaded, kind, quant)
+    graphed, eager = engines(True), engines(False)
+    reference = _cuda_engine(loaded, kind, quant, torch.float32)(False)
+    assert graphed.graphs() is not None and eager.graphs() is None
+    for engine in (graphed, eager, reference):
+        for i, n in enumerate((5, 13)):
+            engine.inject(random_ids(n, seed=40 + i), seed=40 + i)
+    for prompt_len in (7, 3, 7):  # a second question, and the first again, reuse captured graphs
+        prompt = random_ids(prompt_len, seed=prompt_len)[None]
+        tokens = _ids(eager, prompt)  # near-ties in a random model may break either way: fed to all three
+        truth = _teacher_forced(reference, prompt, tokens)
+        eager_error = (_teacher_forced(eager, prompt, tokens) - truth).abs().max()
+        graph_error = (_teacher_forced(graphed, prompt, tokens) - truth).abs().max()
+        assert graph_error <= eager_error + truth.abs().max() * 2**-7, (graph_error, eager_error)
+    # Row counts captured: prompts padded to 8 and 4, decoding 1; M+ retrieves in an eager prefill.
+    assert sorted(graphed._graphs._graphs) == ([1] if kind == "mplus" else [1, 4, 8])
+
+
+def test_cuda_graphs_follow_injections_and_a_grown_cache(loaded):
+    engines = _cuda_engine(loaded, "memoryllm", "none")
+    graphed, eager = engines(True), engines(False)
+    prompt = random_ids(6, seed=50)
+    first = graphed.graphs()
+    for engine in (graphed, eager):
+        engine.inject(random_ids(9, seed=51), seed=51)  # the prefix is updated in the same buffers
+    assert graphed.graphs() is first
+    assert _ids(graphed, prompt) == _ids(eager, prompt)
+    graphed.cache().reserve(graphed.cache().capacity + 1)  # grown: new buffers, so new graphs
+    assert graphed.graphs() is not first
+    assert _ids(graphed, prompt) == _ids(eager, prompt)

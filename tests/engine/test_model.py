@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memchat.engine.config import ConfigError, MemoryConfig
-from memchat.engine.model import KVCache, Rope, rope_frequencies
+from memchat.engine.model import KVCache, Rope, attend, attend_after_prefix, rope_frequencies
 
 from ._util import plain_logits, random_ids
 
@@ -114,3 +114,15 @@ def test_kv_cache_growth_doubles_the_room_after_the_memory_prefix_not_the_prefix
     cache.length = 120
     cache.reserve(50)
     assert cache.capacity == 170  # what the prompt needs, when that is more than double
+
+
+@pytest.mark.parametrize("heads, kv_heads, n", [(4, 4, 1), (8, 2, 1), (8, 2, 6)])
+def test_attention_after_a_prefix_equals_masked_attention(heads, kv_heads, n):
+    """The prefix read without a mask and merged by log-sum-exp gives the masked attention's rows."""
+    g = torch.Generator().manual_seed(heads + n)
+    prefix, capacity, start = 40, 64, 50  # rows 40…49 written earlier, the new ones from 50, the rest unused
+    q = torch.randn(1, heads, n, 16, generator=g)
+    keys, values = (torch.randn(1, kv_heads, capacity, 16, generator=g) for _ in range(2))
+    mask = torch.arange(capacity) <= (start + torch.arange(n))[:, None]
+    got = attend_after_prefix(q, keys, values, mask, prefix)
+    torch.testing.assert_close(got, attend(q, keys, values, mask), atol=1e-5, rtol=0)
