@@ -129,10 +129,10 @@ def test_a_gpu_too_small_is_refused_before_loading_with_what_it_needs(tmp_path, 
     (tmp_path / "config.json").write_text(json.dumps(EIGHT_B))
     monkeypatch.setattr(service, "cuda_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 30, 24 << 30))
-    with pytest.raises(LoadError, match=r"needs about 15\.2 GiB of GPU memory with int8 weights but cuda has "
+    with pytest.raises(LoadError, match=r"needs about 15\.7 GiB of GPU memory with int8 weights but cuda has "
                                         r"8\.0 GiB free; try --quant nf4, a smaller model"):
         service.check_gpu_fits("memoryllm-8b", tmp_path, None, "int8")
-    with pytest.raises(LoadError, match=r"needs about 12\.3 GiB .* nf4 weights .*; try a smaller model"):
+    with pytest.raises(LoadError, match=r"needs about 12\.8 GiB .* nf4 weights .*; try a smaller model"):
         service.check_gpu_fits("memoryllm-8b", tmp_path, "cuda:0", None)
     service.check_gpu_fits("memoryllm-8b", tmp_path, "cpu", None)  # the CPU is not checked
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 << 30, 80 << 30))
