@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from memchat.engine.model import KVCache, MemoryModel
+from memchat.interrupts import deferred_interrupt
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ class CudaGraphs:
                 self.model.step(static_ids, cache, start, last)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # A capture cut short by Ctrl-C could leave the stream capturing, and every later kernel failing.
+        with deferred_interrupt(), torch.cuda.graph(graph, pool=self._pool):
             logits = self.model.step(static_ids, cache, start, last)
         self._graphs[rows] = graph, static_ids, start, last, logits
         return self._graphs[rows]
