@@ -4,6 +4,7 @@ memory prefix."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,8 @@ from torch import Tensor
 
 from memchat.engine.model import KVCache, MemoryModel
 from memchat.interrupts import deferred_interrupt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class CudaGraphs:
         self._buffers = self._where(cache)
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, Tensor]] = {}
+        self.failed = False
 
     @staticmethod
     def _where(cache: KVCache) -> tuple[int, int]:
@@ -86,13 +90,22 @@ class CudaGraphs:
         return cache is self.cache and self._where(cache) == self._buffers
 
     def __call__(self, ids: Tensor) -> Tensor | None:
-        """Logits [vocab] of the last of `ids` [1, n] after what the cache holds, or None when the rows
-        do not fit in the cache as it is (the caller then runs the forward as usual)."""
+        """Logits [vocab] of the last of `ids` [1, n] after what the cache holds, or None where no graph
+        serves: rows that do not fit in the cache as it is, or a capture that failed (the caller then
+        runs the forward as usual)."""
         n, cache = ids.shape[1], self.cache
-        rows = 1 << (n - 1).bit_length()
-        if not self.serves(cache) or cache.length + rows > cache.capacity or rows > MAX_GRAPH_ROWS:
+        rows = 1 << (n - 1).bit_length() if n else 0
+        fits = 0 < rows <= MAX_GRAPH_ROWS and cache.length + rows <= cache.capacity
+        if self.failed or not fits or not self.serves(cache):
             return None
-        graph, static_ids, start, last, logits = self._graphs.get(rows) or self._capture(rows)
+        if rows not in self._graphs:
+            try:
+                self._capture(rows)
+            except RuntimeError as error:  # a kernel that cannot be captured (another bitsandbytes, say)
+                self.failed = True
+                log.warning("answering without CUDA graphs: capturing one failed: %s", error)
+                return None
+        graph, static_ids, start, last, logits = self._graphs[rows]
         static_ids[:, :n].copy_(ids)
         start.fill_(cache.length)
         last.fill_(n - 1)
@@ -100,7 +113,7 @@ class CudaGraphs:
         cache.length += n
         return logits[0, -1]
 
-    def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, Tensor]:
+    def _capture(self, rows: int) -> None:
         device, cache = self.model.device, self.cache
         static_ids = torch.zeros(1, rows, dtype=torch.long, device=device)
         start = torch.full((1,), cache.length, device=device)
@@ -118,7 +131,6 @@ class CudaGraphs:
         with deferred_interrupt(), torch.cuda.graph(graph, pool=self._pool):
             logits = self.model.step(static_ids, cache, start, last)
         self._graphs[rows] = graph, static_ids, start, last, logits
-        return self._graphs[rows]
 
 
 # Longer prompts run eagerly: their kernels outweigh the launches, and a graph's memory grows with its rows.

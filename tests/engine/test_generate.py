@@ -318,3 +318,22 @@ def test_cuda_graphs_follow_injections_and_a_grown_cache(loaded):
     graphed.cache().reserve(graphed.cache().capacity + 1)  # grown: new buffers, so new graphs
     assert graphed.graphs() is not first
     assert _ids(graphed, prompt) == _ids(eager, prompt)
+
+
+def test_a_capture_that_fails_turns_the_graphs_off_and_answers_eagerly(loaded, monkeypatch, caplog):
+    engines = _cuda_engine(loaded, "memoryllm", "none")
+    graphed, eager = engines(True), engines(False)
+    step = graphed.model.step
+
+    def synchronising_step(*args):  # a host read, which no capture allows
+        logits = step(*args)
+        logits.sum().item()
+        return logits
+
+    monkeypatch.setattr(graphed.model, "step", synchronising_step)
+    prompt = random_ids(6, seed=60)
+    with caplog.at_level("WARNING"):
+        assert _ids(graphed, prompt) == _ids(eager, prompt)
+    assert graphed.graphs().failed and "without CUDA graphs" in caplog.text
+    monkeypatch.undo()
+    assert _ids(graphed, prompt) == _ids(eager, prompt)  # the GPU is still usable
