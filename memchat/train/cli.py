@@ -31,6 +31,7 @@ def nano_command(
     save_every: Annotated[int | None, typer.Option(help="Save every this many steps.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Held-out recall every this many steps.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda for a GPU (not bit-reproducible).")] = "cpu",
 ) -> None:
     """Train memchat-nano on the personal-facts domain, or resume the run in --out. Deterministic for a
     seed; Ctrl-C (or SIGTERM) saves. The model lands in OUT/model (copy it to assets/memchat-nano to ship
@@ -41,7 +42,22 @@ def nano_command(
                          eval_every=eval_every).items()
         if v is not None
     }
-    train_command(out, overrides, minutes=minutes, threads=threads)
+    train_command(out, overrides, minutes=minutes, threads=threads, device=device)
+
+
+def training_device(name: str):
+    """The torch device `--device` names; a clear error where it is not there."""
+    import torch
+
+    from memchat.train.trainer import TrainError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"unknown device {name!r}: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("no CUDA GPU here: train with --device cpu")
+    return device
 
 
 @contextmanager
@@ -60,7 +76,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def train_command(
     out: Path, overrides: dict | None = None, minutes: float | None = None, threads: int | None = None,
-    max_steps: int | None = None, show_progress: bool = True,
+    max_steps: int | None = None, show_progress: bool = True, device: str = "cpu",
 ):
     """The command's work, callable without typer; returns the run's RunReport."""
     import torch
@@ -72,11 +88,12 @@ def train_command(
     if threads:
         torch.set_num_threads(threads)
     console = Console(stderr=True, highlight=False)
-    trainer = Trainer.open(Path(out), overrides=overrides or {})
+    trainer = Trainer.open(Path(out), overrides=overrides or {}, device=training_device(device))
     tc = trainer.tc
     verb = f"resuming at step {trainer.step}" if trainer.step else "starting"
+    where = f"{torch.get_num_threads()} threads" if device == "cpu" else device
     console.print(f"{verb}: {tc.size}, seed {tc.seed}, batch {tc.batch}, {tc.steps} steps, "
-                  f"{torch.get_num_threads()} threads → {Path(out) / 'model'}")
+                  f"{where} → {Path(out) / 'model'}")
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f} recall {task.fields[recall]:.2f} D≤{task.fields[top]} "

@@ -77,8 +77,11 @@ def generation_defaults(config: dict[str, Any]) -> dict[str, Any]:
             "transformers_version": config["transformers_version"]}
 
 
-def fresh_model(config: dict[str, Any], seed: int) -> tuple[MemoryModel, nn.Parameter]:
-    """A trainable model and initial memory pool [L, N, d], initialised from a private generator."""
+def fresh_model(
+    config: dict[str, Any], seed: int, device: torch.device | str = "cpu"
+) -> tuple[MemoryModel, nn.Parameter]:
+    """A trainable model and initial memory pool [L, N, d] on `device`, initialised on the CPU from a
+    private generator (the same weights whatever the device)."""
     cfg = MemoryConfig.from_dict(config)
     model = build_model(cfg).to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
@@ -87,8 +90,8 @@ def fresh_model(config: dict[str, Any], seed: int) -> tuple[MemoryModel, nn.Para
         for name, p in model.named_parameters():
             p.copy_(_initial(name, p, g, residual_scale))
     model.requires_grad_(True).train()
-    memory = nn.Parameter(torch.randn(cfg.num_layers, cfg.memory_rows, cfg.hidden_size, generator=g) * 0.02)
-    return model, memory
+    memory = torch.randn(cfg.num_layers, cfg.memory_rows, cfg.hidden_size, generator=g) * 0.02
+    return model.to(device), nn.Parameter(memory.to(device))
 
 
 def _initial(name: str, p: Tensor, g: torch.Generator, residual_scale: float) -> Tensor:
@@ -108,8 +111,8 @@ def _initial(name: str, p: Tensor, g: torch.Generator, residual_scale: float) ->
 def export(folder: Path, config: dict[str, Any], model: MemoryModel, memory: Tensor) -> Path:
     """Write config.json, generation_config.json and model.safetensors (official key names, the memory
     pool as `memory`); the tokenizer files are already in `folder`."""
-    tensors = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
-    tensors["memory"] = memory.detach().clone().contiguous()
+    tensors = {name: t.detach().cpu().clone().contiguous() for name, t in model.state_dict().items()}
+    tensors["memory"] = memory.detach().cpu().clone().contiguous()
     tensors["initialized"] = torch.tensor(1, dtype=torch.uint8)
     write_checkpoint(folder, config, tensors, generation_defaults(config))
     return Path(folder)

@@ -25,7 +25,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,17 @@ class Batch:
     kinds: list[str]
     distance: int
     fact_shown: bool
+
+    def to(self, device: torch.device) -> Batch:
+        """The tensors the model reads, on `device`; the kept-row labels stay on the CPU, where the
+        update rule's bookkeeping runs."""
+        if device.type == "cpu":
+            return self
+        return replace(
+            self, turns=[(ids.to(device), lengths.to(device)) for ids, lengths in self.turns],
+            **{name: getattr(self, name).to(device)
+               for name in ("inputs", "targets", "answer", "scored", "turn_tokens")},
+        )
 
 
 @dataclass
@@ -305,6 +316,7 @@ def run_batch(
 ) -> tuple[Tensor, StepResult]:
     """Inject every turn of every episode, ask, and return (loss, metrics)."""
     cfg = model.config
+    batch = batch.to(model.device)
     B = batch.inputs.shape[0]
     source, deltas = inject_turns(model, memory0, batch)
     cache = KVCache(cfg, cfg.prefix_rows + batch.inputs.shape[1], model.dtype, model.device, batch=B)
@@ -351,13 +363,15 @@ class Trainer:
 
     @classmethod
     def open(
-        cls, out: Path, tc: TrainConfig | None = None, overrides: dict[str, Any] | None = None
+        cls, out: Path, tc: TrainConfig | None = None, overrides: dict[str, Any] | None = None,
+        device: torch.device | str = "cpu",
     ) -> Trainer:
-        """Resume the run in `out`, or start one with `tc` (defaults) and `overrides`."""
+        """Resume the run in `out`, or start one with `tc` (defaults) and `overrides`, training on
+        `device`. Only a CPU run is reproducible bit for bit; a run may resume on another device."""
         out = Path(out)
         state = _state_dir(out)
         if state is not None:
-            return cls._resume(out, state, overrides or {})
+            return cls._resume(out, state, overrides or {}, device)
         tc = tc or TrainConfig()
         if overrides:
             tc = TrainConfig.from_json({**tc.to_json(), **overrides})
@@ -368,11 +382,13 @@ class Trainer:
             build_tokenizer(model_dir, tc.vocab_size, tc.seed, tc.tokenizer_episodes)
         encoder = ChatEncoder(model_dir)
         config = nano.nano_config(nano.SIZES[tc.size], encoder.vocab_size, {"name": nano.NAME})
-        model, memory = nano.fresh_model(config, tc.seed)
+        model, memory = nano.fresh_model(config, tc.seed, device)
         return cls(out, tc, config, model, memory, _optimizer(model, memory, tc), encoder)
 
     @classmethod
-    def _resume(cls, out: Path, state: Path, overrides: dict[str, Any]) -> Trainer:
+    def _resume(
+        cls, out: Path, state: Path, overrides: dict[str, Any], device: torch.device | str
+    ) -> Trainer:
         meta = json.loads((state / "state.json").read_text())
         # A setting added after the run started would take today's default, not the behaviour it had.
         unknown = sorted({f.name for f in fields(TrainConfig)} - set(meta["train_config"]))
@@ -391,7 +407,7 @@ class Trainer:
         tc = TrainConfig.from_json({**stored.to_json(), **changed})
         encoder = ChatEncoder(out / MODEL_DIR)
         config = meta["model_config"]
-        model, memory = nano.fresh_model(config, tc.seed)
+        model, memory = nano.fresh_model(config, tc.seed, device)
         tensors = load_file(state / "state.safetensors")
         named = _named(model, memory)
         with torch.no_grad():
@@ -411,11 +427,11 @@ class Trainer:
     def save(self) -> None:
         """Write the training state (atomically: a new folder renamed into place) and export the model."""
         named = _named(self.model, self.memory)
-        tensors = {f"param/{n}": p.detach().clone().contiguous() for n, p in named.items()}
+        tensors = {f"param/{n}": p.detach().cpu().clone().contiguous() for n, p in named.items()}
         keys: set[str] = set()
         for n, p in named.items():
             for key, value in self.optimizer.state.get(p, {}).items():
-                tensors[f"adam/{n}/{key}"] = value.detach().clone().contiguous()
+                tensors[f"adam/{n}/{key}"] = value.detach().cpu().clone().contiguous()
                 keys.add(key)
         groups = [[_name_of(named, p) for p in g["params"]] for g in self.optimizer.param_groups]
         meta = {

@@ -27,12 +27,12 @@ def tokenizer_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_trainer(tokenizer_folder) -> Callable[..., Trainer]:
-    """`make_trainer(out, **config)`: a fresh micro run in `out` (the session's tokenizer copied in, as
-    the run would write it itself), or the run already there resumed."""
+    """`make_trainer(out, device="cpu", **config)`: a fresh micro run in `out` (the session's tokenizer
+    copied in, as the run would write it itself), or the run already there resumed."""
 
-    def make(out: Path, **overrides) -> Trainer:
+    def make(out: Path, device: str = "cpu", **overrides) -> Trainer:
         if not (out / MODEL_DIR / "tokenizer.json").exists():
             shutil.copytree(tokenizer_folder, out / MODEL_DIR, dirs_exist_ok=True)
-        return Trainer.open(out, TrainConfig(**{**MICRO, **overrides}))
+        return Trainer.open(out, TrainConfig(**{**MICRO, **overrides}), device=device)
 
     return make

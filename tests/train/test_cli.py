@@ -59,3 +59,16 @@ def test_sigterm_saves_and_the_same_command_resumes(tokenizer_folder, tmp_path):
     _stop_after_some_steps(proc)
     meta = json.loads((out / STATE_DIR / "state.json").read_text())
     assert meta["step"] > first and meta["seconds"] > 3
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    command = [*_command(tmp_path), "--device", "cuda"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: no CUDA GPU here: train with --device cpu"
+    assert not (tmp_path / STATE_DIR).exists()

@@ -4,6 +4,7 @@ gradients reach the injection path, and save → resume continues bit for bit.""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -230,6 +231,29 @@ def test_the_exported_model_is_what_the_engine_loads(make_trainer, tmp_path):
         engine.state = MemoryState(memory[:, 0], origins)
         got = engine.model(batch.inputs, engine.cache())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_moves_what_the_model_reads_and_keeps_the_row_labels_on_the_cpu(make_trainer, tmp_path):
+    batch = _batch(make_trainer(tmp_path), distance=1, batch=2)
+    assert batch.to(torch.device("cpu")) is batch
+    moved = batch.to(torch.device("meta"))
+    read = [moved.inputs, moved.targets, moved.answer, moved.scored, moved.turn_tokens]
+    assert all(t.is_meta for t in read + [t for turn in moved.turns for t in turn])
+    assert not moved.kept.is_meta and not batch.inputs.is_meta
+
+
+def test_training_on_a_gpu_saves_and_resumes_into_a_model_the_engine_loads(make_trainer, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    trainer = make_trainer(tmp_path, device="cuda")
+    assert trainer.memory.is_cuda and trainer.model.device.type == "cuda"
+    report = train(trainer, max_steps=3)
+    assert report.first_loss is not None and math.isfinite(report.last_loss)
+    resumed = make_trainer(tmp_path, device="cuda")
+    assert resumed.step == 3 and torch.equal(resumed.memory, trainer.memory)
+    train(resumed, max_steps=2)
+    engine = Engine.load(tmp_path / "model", device="cpu")
+    assert torch.equal(engine.state.memory, resumed.memory.detach().cpu())
 
 
 def test_curriculum_advances_only_on_recall_at_the_top_distance():
