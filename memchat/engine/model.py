@@ -118,39 +118,39 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], start: int | Tensor,
+        self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], at: int | Tensor,
         adapter: str, mask: Tensor | None, prefix: int = 0,
     ) -> Tensor:
-        """Query rows `x` [B, n, d] written at cache rows start…start+n-1, reading keys under `mask`.
+        """Query rows `x` [B, n, d], written to the cache `at` (see `write_rows`), reading keys under `mask`.
 
         `kv` are this layer's key/value buffers [B, kv_heads, capacity, head_dim] holding the rotated
-        keys of every earlier row. See `write_rows` for `start` and what the queries read. With
-        `prefix`, the mask allows every query the first `prefix` keys (`attend_after_prefix`).
+        keys of every earlier row. With `prefix`, the mask allows every query the first `prefix` keys
+        (`attend_after_prefix`).
         """
         attn = self.self_attn
         h = self.input_layernorm(x)
         q = apply_rope(self._split(linear(attn.q_proj, h, adapter), self.heads), *rope)
         k = apply_rope(self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope)
-        keys, values = write_rows(kv, start, k, self._split(linear(attn.v_proj, h, adapter), self.kv_heads))
+        keys, values = write_rows(kv, at, k, self._split(linear(attn.v_proj, h, adapter), self.kv_heads))
         o = attend_after_prefix(q, keys, values, mask, prefix) if prefix else attend(q, keys, values, mask)
         x = x + linear(attn.o_proj, o.transpose(-3, -2).reshape(*x.shape[:-1], -1), adapter)
         return x + self.mlp(self.post_attention_layernorm(x), adapter)
 
 
-def write_rows(kv: tuple[Tensor, Tensor], start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Write new rows' keys and values from cache row `start` on; return the keys and values to read.
+def write_rows(kv: tuple[Tensor, Tensor], at: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Write new rows' keys and values into the cache buffers; return the keys and values to read.
 
-    With an int start these are the rows up to the new ones. With a tensor start (the new rows' cache
-    indices on the device, as a CUDA graph needs) nothing depends on a host value: the whole buffers
+    `at` is the first new row's index, and the rows up to the new ones are read; or, for a CUDA graph,
+    every new row's index as a device tensor: then nothing depends on a host value, the whole buffers
     are read, and the mask hides the rows not written yet.
     """
-    if isinstance(start, Tensor):
-        kv[0].index_copy_(2, start, k)
-        kv[1].index_copy_(2, start, v)
+    if isinstance(at, Tensor):
+        kv[0].index_copy_(2, at, k)
+        kv[1].index_copy_(2, at, v)
         return kv
-    end = start + k.shape[-2]
-    kv[0][:, :, start:end] = k
-    kv[1][:, :, start:end] = v
+    end = at + k.shape[-2]
+    kv[0][:, :, at:end] = k
+    kv[1][:, :, at:end] = v
     return kv[0][:, :, :end], kv[1][:, :, :end]
 
 
@@ -179,7 +179,8 @@ def attend_after_prefix(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, p
     """`attend` when every query sees the first `prefix` keys (the memory prefix): those are read by a
     flash kernel without a mask, the rest under the mask, and the two softmaxes merged by their
     log-sum-exps. A mask over the whole prefix would push the attention onto a kernel that costs three
-    times as much (at 12,801 memory rows it was two thirds of a decoded token's GPU time).
+    times as much (at 12,801 memory rows it was two thirds of a decoded token's GPU time). The flash
+    kernels are called through their aten ops: the public one does not return the log-sum-exp.
     """
     B, H, n, hd = q.shape
     groups = H // keys.shape[1]
@@ -200,7 +201,9 @@ def flash_reads(x: Tensor) -> bool:
     """Whether `attend_after_prefix` has a flash kernel for tensors like `x`."""
     if not x.is_cuda:
         return True
-    return x.dtype in (torch.float16, torch.bfloat16) and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    head_dim = x.shape[-1]
+    return (x.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
+            and torch.cuda.get_device_capability(x.device) >= (8, 0))
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -505,7 +508,7 @@ class MemoryModel(nn.Module):
         return self.lm_head(self.model.norm(x.index_select(1, last)))
 
     def _answer(
-        self, ids: Tensor, cache: KVCache, start: int | Tensor, rope: tuple[Tensor, Tensor],
+        self, ids: Tensor, cache: KVCache, at: int | Tensor, rope: tuple[Tensor, Tensor],
         mask: Tensor | None, retrieve: Callable[[int, Tensor], Tensor] | None = None,
         hidden: list[Tensor] | None = None, prefix: int = 0,
     ) -> Tensor:
@@ -516,7 +519,7 @@ class MemoryModel(nn.Module):
                 hidden.append(x)
             if retrieve is not None:
                 self._fill_retrieved(cache, layer, block, x, retrieve)
-            x = block(x, rope, cache.layer(layer), start, adapter, mask, prefix)
+            x = block(x, rope, cache.layer(layer), at, adapter, mask, prefix)
         return x
 
     def _fill_retrieved(
