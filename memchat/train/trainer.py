@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ class TrainError(MemchatError):
 @dataclass(frozen=True)
 class TrainConfig:
     size: str = "nano"  # nano.SIZES
+    num_blocks: int | None = None  # memory pool blocks of K rows per layer; None: the size's own
     seed: int = 0
     steps: int = 16000  # the learning-rate schedule's length; training stops there
     batch: int = 16
@@ -100,6 +101,9 @@ class TrainConfig:
     eval_every: int = 1000
     eval_n: int = 32
     eval_distances: tuple[int, ...] = (0, 4, 16)
+
+    # Settings added after runs began, with the value that keeps such a run's behaviour when it resumes.
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"num_blocks": None}
 
     def fact_share(self, step: int) -> float:
         """The share of short-distance batches whose prompt shows the fact, at `step`."""
@@ -381,7 +385,8 @@ class Trainer:
         if not (model_dir / "tokenizer.json").exists():  # else: the run's own, from a start before any save
             build_tokenizer(model_dir, tc.vocab_size, tc.seed, tc.tokenizer_episodes)
         encoder = ChatEncoder(model_dir)
-        config = nano.nano_config(nano.SIZES[tc.size], encoder.vocab_size, {"name": nano.NAME})
+        sizes = {**nano.SIZES[tc.size], **({"num_blocks": tc.num_blocks} if tc.num_blocks else {})}
+        config = nano.nano_config(sizes, encoder.vocab_size, {"name": nano.NAME})
         model, memory = nano.fresh_model(config, tc.seed, device)
         return cls(out, tc, config, model, memory, _optimizer(model, memory, tc), encoder)
 
@@ -390,14 +395,16 @@ class Trainer:
         cls, out: Path, state: Path, overrides: dict[str, Any], device: torch.device | str
     ) -> Trainer:
         meta = json.loads((state / "state.json").read_text())
-        # A setting added after the run started would take today's default, not the behaviour it had.
-        unknown = sorted({f.name for f in fields(TrainConfig)} - set(meta["train_config"]))
+        # A setting added after the run started would take today's default, not the behaviour it had,
+        # unless ADDED_LATER names the value that keeps it.
+        given = set(meta["train_config"]) | set(TrainConfig.ADDED_LATER)
+        unknown = sorted({f.name for f in fields(TrainConfig)} - given)
         if unknown:
             raise TrainError(
                 f"{out} was started by an older memchat without the settings {', '.join(unknown)}; this one "
                 "would go on differently: finish it with that version, or use another --out"
             )
-        stored = TrainConfig.from_json(meta["train_config"])
+        stored = TrainConfig.from_json({**TrainConfig.ADDED_LATER, **meta["train_config"]})
         changed = {k: v for k, v in overrides.items() if getattr(stored, k) != _plain(v)}
         # Only the length of the run may change on resume; anything else would not continue the same run.
         refused = sorted(set(changed) - {"steps", "save_every", "eval_every"})

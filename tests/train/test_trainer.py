@@ -209,6 +209,26 @@ def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_pa
         Trainer.open(tmp_path)
 
 
+def test_a_run_from_before_a_later_setting_resumes_with_the_behaviour_it_had(make_trainer, tmp_path):
+    train(make_trainer(tmp_path), max_steps=1)
+    from memchat.train.trainer import Trainer
+
+    state = tmp_path / "train" / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["train_config"]["num_blocks"]
+    state.write_text(json.dumps(meta))
+    resumed = Trainer.open(tmp_path)
+    assert resumed.step == 1 and resumed.tc.num_blocks is None
+
+
+def test_the_memory_pool_size_is_a_setting(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, num_blocks=12)
+    K = trainer.cfg.num_tokens
+    assert trainer.cfg.memory_rows == 12 * K and trainer.memory.shape[1] == 12 * K
+    train(trainer, max_steps=1)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["num_blocks"] == 12
+
+
 def test_the_exported_model_is_what_the_engine_loads(make_trainer, tmp_path):
     trainer = make_trainer(tmp_path)
     train(trainer, max_steps=2)
