@@ -197,27 +197,25 @@ def test_resume_refuses_other_settings(make_trainer, tmp_path):
     assert Trainer.open(tmp_path, overrides={"steps": 5000}).tc.steps == 5000
 
 
-def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_path):
+def _run_from_before(make_trainer, tmp_path, setting: str):
+    """A one-step run whose saved settings lack `setting`, as one saved before it existed; reopened."""
     train(make_trainer(tmp_path), max_steps=1)
     from memchat.train.trainer import Trainer
 
     state = tmp_path / "train" / "state.json"
     meta = json.loads(state.read_text())
-    del meta["train_config"]["late_start"]
+    del meta["train_config"][setting]
     state.write_text(json.dumps(meta))
+    return Trainer.open(tmp_path)
+
+
+def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_path):
     with pytest.raises(TrainError, match="older memchat without the settings late_start"):
-        Trainer.open(tmp_path)
+        _run_from_before(make_trainer, tmp_path, "late_start")
 
 
 def test_a_run_from_before_a_later_setting_resumes_with_the_behaviour_it_had(make_trainer, tmp_path):
-    train(make_trainer(tmp_path), max_steps=1)
-    from memchat.train.trainer import Trainer
-
-    state = tmp_path / "train" / "state.json"
-    meta = json.loads(state.read_text())
-    del meta["train_config"]["num_blocks"]
-    state.write_text(json.dumps(meta))
-    resumed = Trainer.open(tmp_path)
+    resumed = _run_from_before(make_trainer, tmp_path, "num_blocks")
     assert resumed.step == 1 and resumed.tc.num_blocks is None
 
 
