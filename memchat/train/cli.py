@@ -32,6 +32,8 @@ def nano_command(
     eval_every: Annotated[int | None, typer.Option(help="Held-out recall every this many steps.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda for a GPU (not bit-reproducible).")] = "cpu",
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any other training setting, NAME=VALUE (VALUE in JSON); repeatable.")] = None,
 ) -> None:
     """Train memchat-nano on the personal-facts domain, or resume the run in --out. Deterministic for a
     seed; Ctrl-C (or SIGTERM) saves. The model lands in OUT/model (copy it to assets/memchat-nano to ship
@@ -42,7 +44,44 @@ def nano_command(
                          eval_every=eval_every).items()
         if v is not None
     }
+    overrides.update(parse_settings(settings or []))
     train_command(out, overrides, minutes=minutes, threads=threads, device=device)
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """`--set NAME=VALUE` pairs as TrainConfig overrides, each checked against its setting's type."""
+    import json
+    from dataclasses import fields
+
+    from memchat.train.trainer import TrainConfig, TrainError
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    settings = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if name not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise TrainError(f"--set {pair}: there is no setting {name!r} (the settings: {known})")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        default = defaults[name]
+        if not _fits(value, default):
+            like = "a whole number" if default is None else f"a value like {json.dumps(default)}"
+            raise TrainError(f"--set {pair}: {name} takes {like}")
+        settings[name] = value
+    return settings
+
+
+def _fits(value: object, default: object) -> bool:
+    if default is None:  # an optional count
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, list if isinstance(default, tuple) else type(default))
 
 
 def training_device(name: str):

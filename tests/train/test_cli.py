@@ -72,3 +72,21 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == "error: no CUDA GPU here: train with --device cpu"
     assert not (tmp_path / STATE_DIR).exists()
+
+
+def test_any_setting_can_be_given_and_a_wrong_one_is_one_line(tokenizer_folder, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tokenizer_folder, out / MODEL_DIR)
+    command = [sys.executable, "-m", "memchat.cli", "train", "nano", "--out", str(out), "--size", "micro",
+               "--steps", "2", "--eval-every", "0", "--threads", "1"]
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    bad = subprocess.run([*command, "--set", "asked_first=often"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "error: --set asked_first=often: asked_first takes a value like 0.25"
+    assert not (out / STATE_DIR).exists()
+    given = ["--set", "asked_first=0", "--set", "levels=[0, 1]", "--set", "num_blocks=6"]
+    done = subprocess.run([*command, *given], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((out / STATE_DIR / "state.json").read_text())["train_config"]
+    assert (settings["asked_first"], settings["levels"], settings["num_blocks"]) == (0, [0, 1], 6)
+    assert json.loads((out / MODEL_DIR / "config.json").read_text())["num_blocks"] == 6
