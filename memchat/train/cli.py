@@ -6,9 +6,12 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    import torch
 
 train_app = typer.Typer(help="Train memchat's own memory model.", no_args_is_help=True)
 
@@ -48,7 +51,7 @@ def nano_command(
     train_command(out, overrides, minutes=minutes, threads=threads, device=device)
 
 
-def parse_settings(pairs: list[str]) -> dict:
+def parse_settings(pairs: list[str]) -> dict[str, object]:
     """`--set NAME=VALUE` pairs as TrainConfig overrides, each checked against its setting's type."""
     import json
     from dataclasses import fields
@@ -84,7 +87,7 @@ def _fits(value: object, default: object) -> bool:
     return isinstance(value, list if isinstance(default, tuple) else type(default))
 
 
-def training_device(name: str):
+def training_device(name: str) -> torch.device:
     """The torch device `--device` names; a clear error where it is not there."""
     import torch
 
