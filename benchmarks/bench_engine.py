@@ -6,7 +6,8 @@
 Measured in one run, so the figures compare as ratios: time to first token (TTFT) of a 32-token
 question through the same layers with no memory prefix, at full memory with the cached prefix, and at
 full memory recomputing the prefix for every question (what the official code does); decode tokens/s
-at full memory; injection tokens/s; peak GPU memory. The last line is one JSON object.
+at full memory; injection tokens/s; peak GPU memory. On CUDA the answering forwards replay CUDA graphs, as
+the engine's do; `--eager` runs them without, for a baseline. The last line is one JSON object.
 """
 
 from __future__ import annotations
