@@ -101,7 +101,9 @@ class CudaGraphs:
         if rows not in self._graphs:
             try:
                 self._capture(rows)
-            except RuntimeError as error:  # a kernel that cannot be captured (another bitsandbytes, say)
+            # A kernel that cannot be captured (another bitsandbytes, say), or a torch without the
+            # flash op the graphed attention calls.
+            except (RuntimeError, AttributeError) as error:
                 self.failed = True
                 log.warning("answering without CUDA graphs: capturing one failed: %s", error)
                 return None
