@@ -127,31 +127,29 @@ def run(
     question = torch.randint(3, cfg.vocab_size, (1, question_len), generator=g).to(device)
     context = torch.randint(3, cfg.vocab_size, (1, cfg.max_injection_tokens), generator=g).to(device)
 
-    empty = KVCache(cfg, question_len + 1, model.dtype, device)
-    cache = engine.cache()
-    graphs = {id(c): CudaGraphs(model, c) if graphed else None for c in (empty, cache)}
+    empty, cache = KVCache(cfg, question_len + 1, model.dtype, device), engine.cache()
+    empty_graphs, cache_graphs = (CudaGraphs(model, c) if graphed else None for c in (empty, cache))
 
-    def first_token(c: KVCache) -> None:
+    def first_token(c: KVCache, graphs: CudaGraphs | None) -> None:
         c.reset()
-        answer(model, c, question, graphs[id(c)]).argmax()
+        answer(model, c, question, graphs).argmax()
 
     def first_token_no_memory():
-        empty.length = 0
-        first_token(empty)
+        first_token(empty, empty_graphs)
 
     def first_token_cached():
-        first_token(cache)
+        first_token(cache, cache_graphs)
 
     def first_token_recompute():
         model.fill_prefix(cache, engine.state.memory.unsqueeze(1))
-        first_token(cache)
+        first_token(cache, cache_graphs)
 
     decode_tokens = 32
     never_stop = Sampling(max_new_tokens=decode_tokens)
 
     def decode():
         # No stop ids: random weights may well emit the eos id.
-        tokens = generate(model, cache, question.cpu(), never_stop, graphs=graphs[id(cache)])
+        tokens = generate(model, cache, question.cpu(), never_stop, graphs=cache_graphs)
         produced = sum(1 for _ in tokens)
         assert produced == decode_tokens
 

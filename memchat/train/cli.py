@@ -130,10 +130,11 @@ def train_command(
     if threads:
         torch.set_num_threads(threads)
     console = Console(stderr=True, highlight=False)
-    trainer = Trainer.open(Path(out), overrides=overrides or {}, device=training_device(device))
+    on = training_device(device)
+    trainer = Trainer.open(Path(out), overrides=overrides or {}, device=on)
     tc = trainer.tc
     verb = f"resuming at step {trainer.step}" if trainer.step else "starting"
-    where = f"{torch.get_num_threads()} threads" if device == "cpu" else device
+    where = f"{torch.get_num_threads()} threads" if on.type == "cpu" else str(on)
     console.print(f"{verb}: {tc.size}, seed {tc.seed}, batch {tc.batch}, {tc.steps} steps, "
                   f"{where} → {Path(out) / 'model'}")
     columns = (
