@@ -78,10 +78,11 @@ def generation_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def fresh_model(
-    config: dict[str, Any], seed: int, device: torch.device | str = "cpu"
+    config: dict[str, Any], seed: int, device: torch.device | str = "cpu", tied: bool = False
 ) -> tuple[MemoryModel, nn.Parameter]:
     """A trainable model and initial memory pool [L, N, d] on `device`, initialised on the CPU from a
-    private generator (the same weights whatever the device)."""
+    private generator (the same weights whatever the device); `tied`: the output head is the input
+    embedding's parameter."""
     cfg = MemoryConfig.from_dict(config)
     model = build_model(cfg).to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
@@ -89,6 +90,8 @@ def fresh_model(
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(_initial(name, p, g, residual_scale))
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
     model.requires_grad_(True).train()
     memory = torch.randn(cfg.num_layers, cfg.memory_rows, cfg.hidden_size, generator=g) * 0.02
     return model.to(device), nn.Parameter(memory.to(device))

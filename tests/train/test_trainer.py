@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from memchat.engine.engine import Engine
 from memchat.engine.model import KVCache
@@ -214,9 +215,10 @@ def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_pa
         _run_from_before(make_trainer, tmp_path, "late_start")
 
 
-def test_a_run_from_before_a_later_setting_resumes_with_the_behaviour_it_had(make_trainer, tmp_path):
-    resumed = _run_from_before(make_trainer, tmp_path, "num_blocks")
-    assert resumed.step == 1 and resumed.tc.num_blocks is None
+@pytest.mark.parametrize("setting", ["num_blocks", "tie_embeddings"])
+def test_a_run_from_before_a_later_setting_resumes_with_the_behaviour_it_had(make_trainer, tmp_path, setting):
+    resumed = _run_from_before(make_trainer, tmp_path, setting)
+    assert resumed.step == 1 and getattr(resumed.tc, setting) == TrainConfig.ADDED_LATER[setting]
 
 
 def test_the_memory_pool_size_is_a_setting(make_trainer, tmp_path):
@@ -225,6 +227,22 @@ def test_the_memory_pool_size_is_a_setting(make_trainer, tmp_path):
     assert trainer.cfg.memory_rows == 12 * K and trainer.memory.shape[1] == 12 * K
     train(trainer, max_steps=1)
     assert json.loads((tmp_path / "model" / "config.json").read_text())["num_blocks"] == 12
+
+
+def test_tied_embeddings_train_as_one_matrix_and_export_as_the_official_two(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, tie_embeddings=True)
+    embed = trainer.model.model.embed_tokens.weight
+    assert trainer.model.lm_head.weight is embed
+    before = embed.detach().clone()
+    train(trainer, max_steps=2)
+    assert not torch.equal(embed.detach(), before)
+    resumed = make_trainer(tmp_path).model
+    assert resumed.lm_head.weight is resumed.model.embed_tokens.weight
+    assert torch.equal(resumed.lm_head.weight.detach(), embed.detach())
+    tensors = load_file(tmp_path / "model" / "model.safetensors")
+    assert torch.equal(tensors["lm_head.weight"], tensors["model.embed_tokens.weight"])
+    engine = Engine.load(tmp_path / "model", device="cpu")
+    assert torch.equal(engine.model.lm_head.weight, embed.detach())
 
 
 def test_the_exported_model_is_what_the_engine_loads(make_trainer, tmp_path):
