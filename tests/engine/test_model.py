@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memchat.engine.config import ConfigError, MemoryConfig
-from memchat.engine.model import KVCache, Rope, attend, attend_after_prefix, rope_frequencies
+from memchat.engine.model import KVCache, LoRALinear, Rope, attend, attend_after_prefix, rope_frequencies
 
 from ._util import plain_logits, random_ids
 
@@ -126,3 +126,40 @@ def test_attention_after_a_prefix_equals_masked_attention(heads, kv_heads, n):
     mask = torch.arange(capacity) <= (start + torch.arange(n))[:, None]
     got = attend_after_prefix(q, keys, values, mask, prefix)
     torch.testing.assert_close(got, attend(q, keys, values, mask), atol=1e-5, rtol=0)
+
+
+def _lora(rows_dtype: torch.dtype = torch.float32) -> LoRALinear:
+    torch.manual_seed(0)
+    base = torch.nn.Linear(24, 40, bias=False)
+    layer = LoRALinear(base, 24, 40, r=4, scale=2.0, adapters=("default", "decoder_adapter"))
+    for name, p in layer.named_parameters():
+        if "lora_B" in name:  # LoRA starts B at zero; a test of the adapter needs it non-zero
+            torch.nn.init.normal_(p)
+    return layer.to(rows_dtype).requires_grad_(True)
+
+
+@pytest.mark.parametrize("rows", [3, 200])
+def test_lora_linear_equals_base_plus_scaled_adapter_with_or_without_folding(rows):
+    # 24·40/(24+40) = 15 rows is where folding starts to pay: 3 rows run the three matmuls, 200 the fold.
+    layer = _lora()
+    x = torch.randn(2, rows, 24, requires_grad=True)
+    assert layer._folds(x) == (rows > 15)
+    for adapter in ("default", "decoder_adapter"):
+        A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        params = [x, layer.base_layer.weight, A, B]
+        expected = x @ layer.base_layer.weight.T + 2.0 * (x @ A.T) @ B.T
+        want = torch.autograd.grad(expected.square().sum(), params)
+        got = layer(x, adapter)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        for g, w in zip(torch.autograd.grad(got.square().sum(), params), want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    other = layer(x, "decoder_adapter") - layer(x, "default")
+    assert other.abs().max() > 0.1  # the adapters differ, so each was the one applied
+
+
+def test_lora_folds_only_a_plain_float32_weight():
+    x = torch.randn(1, 200, 24)
+    assert not _lora(torch.bfloat16)._folds(x.bfloat16())
+    quantized = _lora()
+    quantized.base_layer = type("Quantized", (torch.nn.Linear,), {})(24, 40, bias=False)
+    assert not quantized._folds(x)
