@@ -323,6 +323,7 @@ def plot(result: RetentionResult, path: Path, title: str) -> None:
     ax.axhline(result.control, linestyle="--", color="grey", label="control (no context)")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(result.distances, [str(d) for d in result.distances])
+    ax.set_xlim(-0.3, max(result.distances) * 1.25 + 0.3)  # symlog would leave room for negative D
     ax.set_ylim(0, 1)
     ax.set_xlabel("distractor contexts injected after the context (D)")
     ax.set_ylabel(f"recall (n={result.n})")
