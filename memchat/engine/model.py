@@ -387,6 +387,7 @@ class MemoryModel(nn.Module):
         pe = self.new_memory_positional_emb.to(self.dtype)
         if lengths is not None:
             marks, take = self._ragged_rows(lengths, n, initialized)
+            first = int(lengths.min()) - K  # the shortest context's first delta row
         deltas = []
         for layer, block in enumerate(self.layers):
             if initialized:
@@ -396,9 +397,13 @@ class MemoryModel(nn.Module):
                     X = torch.cat([X[:, :-K], X[:, -K:] + pe], dim=1)
                 else:
                     X = torch.where(marks, X + pe, X)
-                P = min(prefix.shape[1], X.shape[1] - K)
-                out = self._layer(block, X, P, ADAPTER_INJECT)
-                deltas.append(out[:, -K:] if lengths is None else out.gather(1, take))
+                P = start = min(prefix.shape[1], X.shape[1] - K)
+                if layer == len(self.layers) - 1:
+                    # Its output is read only at the delta rows: the rows before them go in as keys and
+                    # values alone (for ragged contexts: up to the shortest one's delta rows).
+                    start = X.shape[1] - K if lengths is None else P + first
+                out = self._layer(block, X, start, ADAPTER_INJECT)
+                deltas.append(out[:, -K:] if lengths is None else out.gather(1, take - (start - P)))
             else:
                 m = min(K, n)
                 X = torch.cat([x[:, :-m], x[:, -m:] + pe], dim=1) if cfg.pos_emb_on_first_injection else x
