@@ -1,4 +1,4 @@
-"""Training speed of memchat-nano: one optimizer step (inject, answer, backward, AdamW) at a few distances.
+"""Training speed of memchat-nano: one optimizer step (inject, answer, backward, clip, AdamW) per distance.
 
     python benchmarks/bench_train.py                       # nano, batch 16, D = 0, 8, 32, 2 threads
     python benchmarks/bench_train.py --size micro --distances 0,4
@@ -23,7 +23,7 @@ from _report import print_figures
 
 from memchat.engine.model import LoRALinear
 from memchat.train.domain import TRAIN
-from memchat.train.trainer import TrainConfig, Trainer, _domain, run_batch, sample_batch
+from memchat.train.trainer import TrainConfig, Trainer, _domain, sample_batch
 
 
 def step_seconds(trainer: Trainer, distance: int, index: int) -> float:
@@ -31,10 +31,7 @@ def step_seconds(trainer: Trainer, distance: int, index: int) -> float:
     batch = sample_batch(_domain(TRAIN), trainer.encoder, trainer.cfg, tc, tc.seed, index, distance, tc.batch,
                          show_fact=tc.show_fact)
     start = time.perf_counter()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    loss, _ = run_batch(trainer.model, trainer.memory, batch, tc)
-    loss.backward()
-    trainer.optimizer.step()
+    trainer.optimize(batch)
     return time.perf_counter() - start
 
 

@@ -386,8 +386,7 @@ class MemoryModel(nn.Module):
         B, n = ids.shape
         pe = self.new_memory_positional_emb.to(self.dtype)
         if lengths is not None:
-            marks, take = self._ragged_rows(lengths, n, initialized)
-            first = int(lengths.min()) - K  # the shortest context's first delta row
+            marks, take, first = self._ragged_rows(lengths, n, initialized)
         deltas = []
         for layer, block in enumerate(self.layers):
             if initialized:
@@ -416,18 +415,20 @@ class MemoryModel(nn.Module):
             x = out[:, -n:]
         return torch.stack(deltas)
 
-    def _ragged_rows(self, lengths: Tensor, n: int, initialized: bool) -> tuple[Tensor, Tensor]:
+    def _ragged_rows(self, lengths: Tensor, n: int, initialized: bool) -> tuple[Tensor, Tensor, int]:
         """For right-padded contexts: which rows of [prefix ; context] get the positional embedding
-        ([B, P + n, 1] booleans) and the indices [B, K, d] of each context's last K rows in the output."""
+        ([B, P + n, 1] booleans), the indices [B, K, d] of each context's last K rows in the output, and
+        the first of those rows in the shortest context."""
         K = self.config.num_tokens
         lengths = lengths.to(self.device)
-        if not initialized or int(lengths.min()) < K or int(lengths.max()) > n:
+        shortest = int(lengths.min())
+        if not initialized or shortest < K or int(lengths.max()) > n:
             raise ValueError(f"batched injection needs initialised memory and lengths in [{K}, {n}]")
         P = int(self.config.add_bos_embedding) + K
         last = lengths[:, None] - K + torch.arange(K, device=self.device)  # context positions [B, K]
         marks = torch.zeros(len(lengths), P + n, 1, dtype=torch.bool, device=self.device)
         marks.scatter_(1, (P + last)[..., None], True)
-        return marks, last[..., None].expand(-1, -1, self.config.hidden_size)
+        return marks, last[..., None].expand(-1, -1, self.config.hidden_size), shortest - K
 
     def _layer(self, block: Block, X: Tensor, P: int, adapter: str) -> Tensor:
         """One layer over rows X whose first P rows are a prefix: it returns only the other rows."""

@@ -490,17 +490,22 @@ class Trainer:
             _domain(TRAIN), self.encoder, self.cfg, tc, tc.seed, self.step, distance, tc.batch, kind,
             show_fact=tc.fact_share(self.step), asked_first=tc.late(self.step, tc.asked_first),
         )
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, result = run_batch(self.model, self.memory, batch, tc)
-        loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        self.optimizer.step()
+        result = self.optimize(batch)
         self.curriculum.observe(tc, distance, None if batch.fact_shown else result.recall)
         self.step += 1
         return result, distance
+
+    def optimize(self, batch: Batch) -> StepResult:
+        """One AdamW update on `batch` at the current step's learning rate."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, result = run_batch(self.model, self.memory, batch, self.tc)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
+        self.optimizer.step()
+        return result
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -128,14 +128,14 @@ def test_attention_after_a_prefix_equals_masked_attention(heads, kv_heads, n):
     torch.testing.assert_close(got, attend(q, keys, values, mask), atol=1e-5, rtol=0)
 
 
-def _lora(rows_dtype: torch.dtype = torch.float32) -> LoRALinear:
+def _lora(dtype: torch.dtype = torch.float32) -> LoRALinear:
     torch.manual_seed(0)
     base = torch.nn.Linear(24, 40, bias=False)
     layer = LoRALinear(base, 24, 40, r=4, scale=2.0, adapters=("default", "decoder_adapter"))
     for name, p in layer.named_parameters():
         if "lora_B" in name:  # LoRA starts B at zero; a test of the adapter needs it non-zero
             torch.nn.init.normal_(p)
-    return layer.to(rows_dtype).requires_grad_(True)
+    return layer.to(dtype).requires_grad_(True)
 
 
 @pytest.mark.parametrize("rows", [3, 200])
