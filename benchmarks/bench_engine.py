@@ -17,7 +17,7 @@ import statistics
 import time
 
 import torch
-from _report import print_figures
+from _report import print_figures, sync
 
 from memchat.engine.config import MemoryConfig
 from memchat.engine.engine import Engine
@@ -92,11 +92,6 @@ def random_engine(cfg: MemoryConfig, device: torch.device, quant: str, dtype: to
 
     state = populate(model, tensors(), quant, dtype, device)
     return Engine(model, state)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(cases: dict, device: torch.device, repeats: int) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                       # nano, batch 16, D = 0, 8, 32, 2 threads
     python benchmarks/bench_train.py --size micro --distances 0,4
+    python benchmarks/bench_train.py --device cuda
 
 A step at distance D injects the lead turns, the fact and D distractor turns for every episode of the
 batch, so its cost grows with D. Measured in one run against a baseline beside it: the same steps with
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from _report import print_figures
+from _report import print_figures, sync
 
 from memchat.engine.model import LoRALinear
 from memchat.train.domain import TRAIN
@@ -30,8 +31,10 @@ def step_seconds(trainer: Trainer, distance: int, index: int) -> float:
     tc = trainer.tc
     batch = sample_batch(_domain(TRAIN), trainer.encoder, trainer.cfg, tc, tc.seed, index, distance, tc.batch,
                          show_fact=tc.show_fact)
+    sync(trainer.model.device)
     start = time.perf_counter()
     trainer.optimize(batch)
+    sync(trainer.model.device)
     return time.perf_counter() - start
 
 
@@ -42,12 +45,14 @@ def main() -> None:
     parser.add_argument("--distances", default="0,8,32")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per distance and variant")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folds = LoRALinear._folds
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer.open(Path(tmp), TrainConfig(size=args.size, batch=args.batch))
-        figures: dict = {"size": args.size, "batch": args.batch, "threads": args.threads}
+        trainer = Trainer.open(Path(tmp), TrainConfig(size=args.size, batch=args.batch), device=args.device)
+        figures: dict = {"size": args.size, "batch": args.batch, "device": args.device,
+                         "threads": args.threads}
         for distance in [int(d) for d in args.distances.split(",")]:
             times: dict[str, list[float]] = {"folded": [], "unfolded": []}
             for index in range(args.steps + 1):  # the first pair warms up

@@ -23,18 +23,19 @@ NOTES = {
 }
 
 
-def env_for(home: Path, model: str = "tiny") -> dict[str, str]:
+def env_for(home: Path, model: str = "tiny", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCHAT_")}
-    env.update(MEMCHAT_HOME=str(home), MEMCHAT_MODEL=model, MEMCHAT_SEED="11", OMP_NUM_THREADS="1")
+    env.update(MEMCHAT_HOME=str(home), MEMCHAT_MODEL=model, MEMCHAT_SEED="11", OMP_NUM_THREADS="1", **extra)
     return env
 
 
-def memchat(home: Path, *args: str, check: bool = True, input: str | None = None, model: str = "tiny"):
-    return run_memchat(args, env_for(home, model), input=input, check=check, timeout=300)
+def memchat(home: Path, *args: str, check: bool = True, input: str | None = None, model: str = "tiny",
+            **extra: str):
+    return run_memchat(args, env_for(home, model, **extra), input=input, check=check, timeout=300)
 
 
-def stats(home: Path, model: str = "tiny") -> dict:
-    return json.loads(memchat(home, "memory", "stats", "--json", model=model).stdout)
+def stats(home: Path, model: str = "tiny", **extra: str) -> dict:
+    return json.loads(memchat(home, "memory", "stats", "--json", model=model, **extra).stdout)
 
 
 def write_notes(folder: Path, notes: dict[str, str] = NOTES, repeat: int = 1) -> Path:
@@ -178,18 +179,19 @@ def test_a_forgotten_file_is_ingested_again(tmp_path):
 
 
 def test_a_memory_built_under_two_quantizations_says_so_in_stats_and_verify(tmp_path):
-    home = tmp_path / "home"
-    memchat(home, "ask", "--max-new-tokens", "1", "My dog is called Biscuit.")
-    memchat(home, "--quant", "int8", "ask", "--max-new-tokens", "1", "I live in Lyon.")
-    computed_with = stats(home)["computed_with"]
+    # On the CPU, whatever the machine has: the setups named below are the CPU's defaults.
+    home, cpu = tmp_path / "home", {"MEMCHAT_DEVICE": "cpu"}
+    memchat(home, "ask", "--max-new-tokens", "1", "My dog is called Biscuit.", **cpu)
+    memchat(home, "--quant", "int8", "ask", "--max-new-tokens", "1", "I live in Lyon.", **cpu)
+    computed_with = stats(home, **cpu)["computed_with"]
     assert computed_with == [{"from_row": 1, "setup": "none float32 on cpu"},
                              {"from_row": 2, "setup": "int8 float32 on cpu"}]
-    verify = memchat(home, "memory", "verify", check=False)
+    verify = memchat(home, "memory", "verify", check=False, **cpu)
     assert verify.returncode == 1
     assert "computed with int8 float32 on cpu, and this run's none float32 on cpu" in verify.stderr
     assert len(verify.stderr.strip().splitlines()) == 1
     # Forgetting the int8 turn rebuilds with this run's setup: one setup again, and verify agrees.
-    memchat(home, "forget", "--source", "chat", "--yes")
-    memchat(home, "ask", "--max-new-tokens", "1", "My dog is called Biscuit.")
-    assert [c["setup"] for c in stats(home)["computed_with"]] == ["none float32 on cpu"]
-    assert "ok" in memchat(home, "memory", "verify").stdout
+    memchat(home, "forget", "--source", "chat", "--yes", **cpu)
+    memchat(home, "ask", "--max-new-tokens", "1", "My dog is called Biscuit.", **cpu)
+    assert [c["setup"] for c in stats(home, **cpu)["computed_with"]] == ["none float32 on cpu"]
+    assert "ok" in memchat(home, "memory", "verify", **cpu).stdout
