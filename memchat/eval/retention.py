@@ -52,6 +52,10 @@ class RetentionResult:
     abstained: int
     updates: int = 0  # update questions asked
     updated: int = 0  # ... answered with the newer value and not the older
+    # Right after a context, another item's question it does not answer: the reply should say it does not
+    # know rather than give the fact just told (or invent one).
+    asked_other: int = 0
+    abstained_other: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -70,12 +74,17 @@ class RetentionResult:
     def update(self) -> float | None:
         return self.updated / self.updates if self.updates else None
 
+    @property
+    def abstain_other(self) -> float | None:
+        return self.abstained_other / self.asked_other if self.asked_other else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "recall": {str(d): r for d, r in self.recall.items()},
             "control": self.control,
             "abstain": self.abstain,
             "update": self.update,
+            "abstain_other": self.abstain_other,
             "n": self.n,
         }
 
@@ -246,6 +255,12 @@ def run_retention(
                 progress(done, total)
             engine.state = initial.clone()  # the engine rewrites the pool it is given
             position = inject_context(engine, item.context, seed, q, 0)
+            other = items[(q + 1) % len(items)]
+            if not _answers(item.context, other):
+                reply = ask(engine, other.question, max_new_tokens)
+                result.asked_other += 1
+                result.abstained_other += any(m in reply.lower() for m in markers)
+                replies["other"] = reply
             injected = 0
             for d in distances:
                 while injected < d:
@@ -278,6 +293,12 @@ def _hit(reply: str, answer: str) -> bool:
     return answer.strip().lower() in reply.lower()
 
 
+def _answers(context: Context, item: Item) -> bool:
+    """Whether `context` may answer `item`: it is the item's own context, or holds its answer."""
+    text = context if isinstance(context, str) else f"{context['user']} {context['assistant']}"
+    return _hit(text, item.answer) or (item.context == context)
+
+
 # --- output --------------------------------------------------------------------------------------------
 
 
@@ -296,6 +317,9 @@ def render_table(console, result: RetentionResult, title: str) -> None:
     if result.update is not None:
         table.add_row("after a change, the newer value", f"{result.updated}/{result.updates}",
                       f"{result.update:.2f}")
+    if result.abstain_other is not None:
+        table.add_row("told another fact, says it does not know",
+                      f"{result.abstained_other}/{result.asked_other}", f"{result.abstain_other:.2f}")
     console.print(table)
     for ex in result.examples:
         console.print(f"[dim]{ex['question']} → expected {ex['answer']!r}; "

@@ -83,13 +83,36 @@ def test_run_retention_counts_hits_control_and_abstain():
     assert engine.state == []  # put back as it was
     assert json.loads(json.dumps(result.to_json())) == {
         "recall": {"0": 1.0, "1": 1.0, "2": 1.0, "4": 0.0}, "control": 0.0, "abstain": 1.0, "update": None,
-        "n": 3}
+        "abstain_other": None, "n": 3}  # every item is the same fact: no other question to ask
     seeds = engine.seeds
     run_retention(FakeEngine(), items, ["chit", "chat", "more chat"], distances=[0, 1, 2, 4], seed=5)
     assert len(set(seeds)) == len(seeds)  # a fresh drop seed per injection ...
     other = FakeEngine()
     run_retention(other, items, ["chit", "chat", "more chat"], distances=[0, 1, 2, 4], seed=5)
     assert other.seeds == seeds  # ... fixed by --seed
+
+
+def test_abstain_other_asks_the_next_items_question_right_after_a_context():
+    class Blurts(FakeEngine):
+        """Answers any question with the newest city it was told."""
+
+        def generate_ids(self, question, sampling):
+            for city in ("Lyon", "Oslo"):
+                if self.state and city in self.state[-1]:
+                    return f"You live in {city}."
+            return "I don't know."
+
+    lyon = Item({"user": "I live in Lyon.", "assistant": "Got it."}, "Where do I live?", "lyon")
+    dog = Item("My dog is Rex.", "What is my dog called?", "Rex")
+    told_rex = Item("Rex is my dog.", "Who is Rex?", "my dog")
+    for engine, items, expected in [
+        (FakeEngine(), [lyon, dog], (2, 1.0)),  # it says it does not know about the other fact
+        (Blurts(), [lyon, dog], (2, 0.5)),  # after Lyon it says Lyon to "What is my dog called?"
+        (FakeEngine(), [dog, told_rex], (0, None)),  # each context holds the other's answer: not asked
+    ]:
+        result = run_retention(engine, items, ["chit"], distances=[0], seed=1)
+        assert (result.asked_other, result.abstain_other) == expected
+        assert result.to_json()["abstain_other"] == expected[1]
 
 
 def test_update_questions_need_the_newer_value_and_not_the_older():
@@ -176,7 +199,7 @@ def test_eval_retention_json_on_the_tiny_preset(tmp_path):
     result = _invoke(tmp_path, "--n", "4", "--d", "0,1", "--json")
     line = [x for x in result.stdout.splitlines() if x.startswith("{")][-1]
     data = json.loads(line)
-    assert set(data) == {"recall", "control", "abstain", "update", "n"}
+    assert set(data) == {"recall", "control", "abstain", "update", "abstain_other", "n"}
     assert data["n"] == 4 and set(data["recall"]) == {"0", "1"} and 0.0 <= data["update"] <= 1.0
     assert all(0.0 <= v <= 1.0 for v in [*data["recall"].values(), data["control"], data["abstain"]])
     # It used the model only: no memory (journal, state) was created under --home.
