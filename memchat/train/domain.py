@@ -290,12 +290,14 @@ class Domain:
 
     def episode(
         self, rng: random.Random, distance: int, lead: int = 0, kind: str | None = None,
-        asked_first: float = 0.0,
+        asked_first: float = 0.0, told_other: float = 0.0,
     ) -> Episode:
         """`lead` turns, the fact, then `distance` turns, then the question. kind: recall, update (needs
         lead ≥ 1: an older value sits in the lead turns), abstain (lead + 1 + distance distractors) or
         reply (as many distractors, then a new message to answer). With probability `asked_first` a recall
-        episode with lead turns asked its question in one of them, and was told "I don't know"."""
+        episode with lead turns asked its question in one of them, and was told "I don't know". With
+        probability `told_other` an abstain episode was told a fact of another relation where the fact would
+        sit."""
         if kind is None:
             kind = rng.choices(KINDS, weights=KIND_WEIGHTS)[0]
         if kind == "reply":
@@ -307,6 +309,8 @@ class Domain:
         turns = [self.distractor(rng, relation) for _ in range(lead + 1 + distance)]
         question = rng.choice(relation.questions)
         if kind == "abstain":
+            if told_other and rng.random() < told_other:  # drawn only when asked: older runs stay the same
+                turns[lead] = self.distractor(rng, relation, facts=1.0)
             return Episode(tuple(turns), question, self.unknown_answer(rng, relation), None, relation.key,
                            kind, None)
         value = self.value(rng, relation)

@@ -212,3 +212,17 @@ def test_some_recall_episodes_were_asked_before_the_fact_was_told(share, low, hi
             assert any(m in early[0].assistant.lower() for m in ABSTAIN_MARKERS)
             assert ep.value in ep.answer  # the fact told later is the answer
     assert low < asked_first < high  # about `share` of them
+
+
+@pytest.mark.parametrize(("share", "low", "high"), [(0.5, 250, 340), (0.0, 130, 210)])
+def test_some_abstain_episodes_were_told_a_fact_of_another_relation(share, low, high):
+    rng, told = random.Random(7), 0
+    for _ in range(400):
+        ep = Domain().episode(rng, distance=0, lead=0, kind="abstain", told_other=share)
+        assert any(m in ep.answer.lower() for m in ABSTAIN_MARKERS)
+        of = [r.key for r in RELATIONS if _told(r.statements, ep.turns[0].user)]
+        assert of != [ep.relation]  # never a fact of the relation asked about ("I'm {v}" fits two)
+        told += bool(of)
+    # A lone distractor turn is a fact 0.3 of the time (and some chit-chat fits a statement, "I'm {v}");
+    # with the setting, half of the rest as well.
+    assert low < told < high
