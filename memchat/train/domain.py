@@ -293,13 +293,16 @@ class Domain:
         asked_first: float = 0.0, told_other: float = 0.0,
     ) -> Episode:
         """`lead` turns, the fact, then `distance` turns, then the question. kind: recall, update (needs
-        lead ≥ 1: an older value sits in the lead turns), abstain (lead + 1 + distance distractors) or
-        reply (as many distractors, then a new message to answer). With probability `asked_first` a recall
-        episode with lead turns asked its question in one of them, and was told "I don't know". With
-        probability `told_other` an abstain episode was told a fact of another relation where the fact would
-        sit."""
+        lead ≥ 1: an older value sits in the lead turns), abstain (lead + 1 + distance distractors), empty
+        (an abstain episode with no turns: a chat's first question, asked of the initial memory) or reply
+        (lead + 1 + distance distractors, then a new message to answer). With probability `asked_first` a
+        recall episode with lead turns asked its question in one of them, and was told "I don't know".
+        With probability `told_other` an abstain episode was told a fact of another relation where the
+        fact would sit."""
         if kind is None:
             kind = rng.choices(KINDS, weights=KIND_WEIGHTS)[0]
+        if kind == "empty":
+            kind, lead, distance = "abstain", 0, -1
         if kind == "reply":
             return self._reply_episode(rng, lead + 1 + distance)
         if kind == "update" and (lead < 1 or not self._changeable()):
@@ -309,7 +312,8 @@ class Domain:
         turns = [self.distractor(rng, relation) for _ in range(lead + 1 + distance)]
         question = rng.choice(relation.questions)
         if kind == "abstain":
-            if told_other and rng.random() < told_other:  # drawn only when asked: older runs stay the same
+            # drawn only when asked: older runs stay the same
+            if turns and told_other and rng.random() < told_other:
                 turns[lead] = self.distractor(rng, relation, facts=1.0)
             return Episode(tuple(turns), question, self.unknown_answer(rng, relation), None, relation.key,
                            kind, None)

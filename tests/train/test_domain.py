@@ -226,3 +226,10 @@ def test_some_abstain_episodes_were_told_a_fact_of_another_relation(share, low, 
     # A lone distractor turn is a fact 0.3 of the time (and some chit-chat fits a statement, "I'm {v}");
     # with the setting, half of the rest as well.
     assert low < told < high
+
+
+def test_an_empty_episode_is_an_abstain_question_with_no_turns():
+    for seed in range(20):
+        ep = Domain().episode(random.Random(seed), distance=5, lead=2, kind="empty", told_other=1.0)
+        assert ep.turns == () and ep.kind == "abstain" and ep.value is None
+        assert any(m in ep.answer.lower() for m in ABSTAIN_MARKERS)

@@ -215,7 +215,7 @@ def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_pa
         _run_from_before(make_trainer, tmp_path, "late_start")
 
 
-@pytest.mark.parametrize("setting", ["num_blocks", "tie_embeddings"])
+@pytest.mark.parametrize("setting", ["num_blocks", "tie_embeddings", "abstain_other", "abstain_empty"])
 def test_a_run_from_before_a_later_setting_resumes_with_the_behaviour_it_had(make_trainer, tmp_path, setting):
     resumed = _run_from_before(make_trainer, tmp_path, setting)
     assert resumed.step == 1 and getattr(resumed.tc, setting) == TrainConfig.ADDED_LATER[setting]
@@ -327,6 +327,25 @@ def test_abstain_is_scored_on_saying_it_does_not_know(make_trainer, tmp_path):
     batch = make_batch(episodes, enc, trainer.cfg, trainer.tc, lead=0, window=0, g=torch.Generator())
     for b in range(3):
         assert enc.decode(batch.targets[b][batch.scored[b]].tolist()).strip() == "don't know"
+
+
+def test_an_empty_batch_asks_the_initial_memory_and_trains_saying_it_does_not_know(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, abstain_empty=1.0)
+    cfg, enc, memory0 = trainer.cfg, trainer.encoder, trainer.memory.detach()
+    batch = sample_batch(Domain(), enc, cfg, trainer.tc, 0, 3, 4, 3, kind="empty")
+    assert batch.turns == [] and batch.kinds == ["abstain"] * 3 and not batch.turn_tokens.any()
+    for b in range(3):
+        assert enc.decode(batch.targets[b][batch.scored[b]].tolist()).strip() == "don't know"
+    with torch.no_grad():
+        source, deltas = inject_turns(trainer.model, memory0, batch)
+    assert deltas.shape[2] == 0
+    assert torch.equal(episode_memory(memory0, source, deltas), memory0.unsqueeze(1).expand(-1, 3, -1, -1))
+    loss, result = run_batch(trainer.model, trainer.memory, batch, trainer.tc)
+    assert math.isfinite(loss.item()) and result.recall is None and result.abstain is not None
+    loss.backward()
+    assert trainer.memory.grad.abs().sum() > 0  # the answer is read from the initial pool
+    result, _ = trainer.train_step()  # with the setting at 1, every question-asking batch is one
+    assert result.recall is None and result.abstain is not None
 
 
 def test_a_window_reaching_back_over_the_fact_shows_it(make_trainer, tmp_path):
