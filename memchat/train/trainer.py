@@ -117,6 +117,10 @@ class TrainConfig:
     # Settings added after runs began, with the value that keeps such a run's behaviour when it resumes.
     ADDED_LATER: ClassVar[dict[str, Any]] = {
         "num_blocks": None, "tie_embeddings": False, "abstain_other": 0.0, "abstain_empty": 0.0}
+    # What a resume may change: the run's length, and the shares of the batch kinds added after runs
+    # began, so that a finished run can go on with them (the shipped model went on with abstain_empty).
+    MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset(
+        {"steps", "save_every", "eval_every", "abstain_other", "abstain_empty"})
 
     def fact_share(self, step: int) -> float:
         """The share of short-distance batches whose prompt shows the fact, at `step`."""
@@ -423,8 +427,8 @@ class Trainer:
             )
         stored = TrainConfig.from_json({**TrainConfig.ADDED_LATER, **meta["train_config"]})
         changed = {k: v for k, v in overrides.items() if getattr(stored, k) != _plain(v)}
-        # Only the length of the run may change on resume; anything else would not continue the same run.
-        refused = sorted(set(changed) - {"steps", "save_every", "eval_every"})
+        # Anything else would not continue the same run.
+        refused = sorted(set(changed) - TrainConfig.MAY_CHANGE_ON_RESUME)
         if refused:
             given = ", ".join(f"{k}={overrides[k]!r} (run has {getattr(stored, k)!r})" for k in refused)
             raise TrainError(f"{out} holds a run with other settings: {given}; use another --out")
