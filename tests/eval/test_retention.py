@@ -256,13 +256,14 @@ def test_the_shipped_nano_model_passes_the_engine_check_quantized():
 
 def test_the_shipped_nano_model_remembers(tmp_path):
     """A small eval, as CI can afford: 24 held-out questions per D, greedy and seeded, so the figures are
-    the same on every run. The shipped model measures about 0.67 at D = 0 and 0.66 at D = 4 on 200 (the
-    README's table); the bounds sit well below, to flag a model that stopped reading its memory."""
+    the same on every run. The shipped model measures 0.66 at D = 0 and D = 4 on 200 (the README's table),
+    0.50 and 0.54 on these 24; the bounds sit below, to flag a model that stopped reading its memory, and
+    abstain at the target (0.8; it measures 1.00)."""
     _shipped_nano()
     config = load_config({"model": "nano"}, environ={}, home=tmp_path)
     args = ["retention", "--n", "24", "--d", "0,4", "--json"]
     result = CliRunner().invoke(eval_app, args, obj={"config": config})
     assert result.exit_code == 0, (result.output, result.exception)
     data = json.loads([x for x in result.stdout.splitlines() if x.startswith("{")][-1])
-    assert data["recall"]["0"] >= 0.5 and data["recall"]["4"] >= 0.5, data
-    assert data["control"] <= 0.1 and data["abstain"] >= 0.6 and data["update"] >= 0.25, data
+    assert data["recall"]["0"] >= 0.4 and data["recall"]["4"] >= 0.4, data
+    assert data["control"] <= 0.1 and data["abstain"] >= 0.8 and data["update"] >= 0.25, data
