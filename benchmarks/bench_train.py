@@ -29,8 +29,8 @@ from memchat.train.trainer import TrainConfig, Trainer, _domain, sample_batch
 
 def step_seconds(trainer: Trainer, distance: int, index: int) -> float:
     tc = trainer.tc
-    batch = sample_batch(_domain(TRAIN), trainer.encoder, trainer.cfg, tc, tc.seed, index, distance, tc.batch,
-                         show_fact=tc.show_fact)
+    batch = sample_batch(_domain(TRAIN, tc.made_up_share), trainer.encoder, trainer.cfg, tc, tc.seed, index,
+                         distance, tc.batch, show_fact=tc.show_fact)
     sync(trainer.model.device)
     start = time.perf_counter()
     trainer.optimize(batch)

@@ -236,10 +236,11 @@ def pseudo_value(rng: random.Random, pool: str) -> str:
 class Domain:
     """Episodes and evaluation items drawn from the domain; `split` picks the values asked about."""
 
-    def __init__(self, split: str = TRAIN):
+    def __init__(self, split: str = TRAIN, made_up: float = PSEUDO_SHARE):
+        """`made_up`: the share of training values that are made-up words (the held-out split has none)."""
         if split not in (TRAIN, HELDOUT):
             raise ValueError(f"split must be {TRAIN!r} or {HELDOUT!r}")
-        self.split = split
+        self.split, self.made_up = split, made_up
         self.values = {pool: s[split] for pool, s in splits().items()}
         self.train_values = {pool: s[TRAIN] for pool, s in splits().items()}
         # Held-out episodes ask only about relations that have held-out values.
@@ -249,7 +250,7 @@ class Domain:
 
     def value(self, rng: random.Random, relation: Relation, avoid: str | None = None) -> str:
         while True:
-            if self.split == TRAIN and rng.random() < PSEUDO_SHARE:
+            if self.split == TRAIN and rng.random() < self.made_up:
                 v = pseudo_value(rng, relation.pool)
             else:
                 v = rng.choice(self.values[relation.pool])
@@ -284,7 +285,8 @@ class Domain:
         if rng.random() >= facts:
             return self.chitchat(rng)
         relation = rng.choice([r for r in RELATIONS if r is not exclude])
-        return self.fact(rng, relation, train_domain().value(rng, relation))
+        training = self if self.split == TRAIN else train_domain()
+        return self.fact(rng, relation, training.value(rng, relation))
 
     # --- episodes ---------------------------------------------------------------------------------
 
@@ -406,5 +408,5 @@ def _in_turn(rng: random.Random, relations: tuple[Relation, ...], n: int) -> Ite
 
 
 @functools.cache
-def train_domain() -> Domain:
-    return Domain(TRAIN)
+def train_domain(made_up: float = PSEUDO_SHARE) -> Domain:
+    return Domain(TRAIN, made_up)

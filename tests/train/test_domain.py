@@ -54,6 +54,18 @@ def test_heldout_values_never_appear_in_training_text():
     assert all(held.search(ep.answer.lower()) for ep in heldout_eps if ep.value is not None)
 
 
+def test_the_share_of_made_up_training_values_is_a_setting():
+    known = {v for split in splits().values() for v in split[TRAIN]}
+
+    def made_up(share: float) -> float:
+        domain, rng = Domain(TRAIN, made_up=share), random.Random(1)
+        values = [domain.value(rng, relation) for relation in domain.asked for _ in range(20)]
+        return sum(v not in known for v in values) / len(values)
+
+    assert made_up(0.0) == 0.0
+    assert 0.4 < made_up(0.5) < 0.6 < 0.75 < made_up(0.8) < 0.85
+
+
 def test_heldout_split_is_sizeable_and_disjoint():
     total = 0
     for pool, split in splits().items():
@@ -181,7 +193,7 @@ def test_update_items_change_a_training_value_to_a_heldout_one():
 
 def test_update_items_stay_put_when_the_training_mix_changes(monkeypatch):
     items = Domain(HELDOUT).update_items(30, seed=0)
-    monkeypatch.setattr("memchat.train.domain.PSEUDO_SHARE", 1.0)
+    monkeypatch.setattr("memchat.train.domain.train_domain", lambda: Domain(TRAIN, made_up=1.0))
     assert Domain(HELDOUT).update_items(30, seed=0) == items
 
 

@@ -217,7 +217,7 @@ def test_resume_refuses_a_run_from_before_a_setting_existed(make_trainer, tmp_pa
         _run_from_before(make_trainer, tmp_path, "late_start")
 
 
-@pytest.mark.parametrize("setting", ["num_blocks", "tie_embeddings", "abstain_other", "abstain_empty"])
+@pytest.mark.parametrize("setting", sorted(TrainConfig.ADDED_LATER))
 def test_a_run_from_before_a_later_setting_resumes_with_the_behaviour_it_had(make_trainer, tmp_path, setting):
     resumed = _run_from_before(make_trainer, tmp_path, setting)
     assert resumed.step == 1 and getattr(resumed.tc, setting) == TrainConfig.ADDED_LATER[setting]
