@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +51,17 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.ModuleDict({a: nn.Linear(in_features, r, bias=False) for a in adapters})
         self.lora_B = nn.ModuleDict({a: nn.Linear(r, out_features, bias=False) for a in adapters})
         self.scale = scale
+        self.kept_folds: dict[str, Tensor] | None = None  # see `keep_folds`
 
     def forward(self, x: Tensor, adapter: str) -> Tensor:
         A, B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-        if self._folds(x):
+        if not self._folds(x):
+            return self.base_layer(x) + self.scale * F.linear(F.linear(x, A), B)
+        if self.kept_folds is None or torch.is_grad_enabled():
             return F.linear(x, torch.addmm(self.base_layer.weight, B, A, alpha=self.scale))
-        return self.base_layer(x) + self.scale * F.linear(F.linear(x, A), B)
+        if adapter not in self.kept_folds:
+            self.kept_folds[adapter] = torch.addmm(self.base_layer.weight, B, A, alpha=self.scale)
+        return F.linear(x, self.kept_folds[adapter])
 
     def _folds(self, x: Tensor) -> bool:
         """Whether to fold the adapter into the weight (W + scale·B·A) for this call: one matmul over the
@@ -67,6 +73,21 @@ class LoRALinear(nn.Module):
             return False
         out_features, in_features = W.shape
         return x.numel() // in_features * (in_features + out_features) > in_features * out_features
+
+
+@contextmanager
+def keep_folds(model: nn.Module) -> Iterator[None]:
+    """Inside, each LoRA layer folds an adapter into its weight once for all calls without a graph, as
+    training's distractor injections are (a twentieth of their time), rather than once per call. The
+    weights must not change inside."""
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in lora:
+        m.kept_folds = {}
+    try:
+        yield
+    finally:
+        for m in lora:
+            m.kept_folds = None
 
 
 def linear(module: nn.Module, x: Tensor, adapter: str) -> Tensor:
@@ -133,22 +154,44 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], at: int | Tensor,
-        adapter: str, mask: Tensor | None, prefix: int = 0,
+        adapter: str, mask: Tensor | None, prefix: int = 0, packed: Packed | None = None,
     ) -> Tensor:
         """Query rows `x` [B, n, d], written to the cache `at` (see `write_rows`), reading keys under `mask`.
 
         `kv` are this layer's key/value buffers [B, kv_heads, capacity, head_dim] holding the rotated
         keys of every earlier row. With `prefix`, the mask allows every query the first `prefix` keys
-        (`attend_after_prefix`).
+        (`attend_after_prefix`). With `packed`, `x` holds only the real rows [R, d] of right-padded
+        queries, and so does the result: only attention sees them padded.
         """
         attn = self.self_attn
         h = self.input_layernorm(x)
-        q = apply_rope(self._split(linear(attn.q_proj, h, adapter), self.heads), *rope)
-        k = apply_rope(self._split(linear(attn.k_proj, h, adapter), self.kv_heads), *rope)
-        keys, values = write_rows(kv, at, k, self._split(linear(attn.v_proj, h, adapter), self.kv_heads))
+        q, k, v = (linear(proj, h, adapter) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        if packed is not None:
+            q, k, v = packed.unpack(q), packed.unpack(k), packed.unpack(v)
+        q = apply_rope(self._split(q, self.heads), *rope)
+        k = apply_rope(self._split(k, self.kv_heads), *rope)
+        keys, values = write_rows(kv, at, k, self._split(v, self.kv_heads))
         o = attend_after_prefix(q, keys, values, mask, prefix) if prefix else attend(q, keys, values, mask)
-        x = x + linear(attn.o_proj, o.transpose(-3, -2).reshape(*x.shape[:-1], -1), adapter)
+        o = o.transpose(-3, -2).flatten(-2)
+        x = x + linear(attn.o_proj, o if packed is None else packed.pack(o), adapter)
         return x + self.mlp(self.post_attention_layernorm(x), adapter)
+
+
+class Packed:
+    """The real rows of right-padded [B, m, ·] tensors as one [R, ·] tensor, so that a layer's matmuls
+    skip the padding (a fifth of the rows of a batch of training injections)."""
+
+    def __init__(self, real: Tensor):
+        self.shape = real.shape  # [B, m] booleans: which rows are real
+        self.index = real.flatten().nonzero().squeeze(1)
+
+    def pack(self, x: Tensor) -> Tensor:
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """[R, ·] → [B, m, ·], zeros at the padding."""
+        B, m = self.shape
+        return x.new_zeros(B * m, x.shape[-1]).index_copy(0, self.index, x).view(B, m, -1)
 
 
 def write_rows(kv: tuple[Tensor, Tensor], at: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -386,7 +429,7 @@ class MemoryModel(nn.Module):
         B, n = ids.shape
         pe = self.new_memory_positional_emb.to(self.dtype)
         if lengths is not None:
-            marks, take, first = self._ragged_rows(lengths, n, initialized)
+            marks, real, take, first = self._ragged_rows(lengths, n, initialized)
         deltas = []
         for layer, block in enumerate(self.layers):
             if initialized:
@@ -401,8 +444,12 @@ class MemoryModel(nn.Module):
                     # Its output is read only at the delta rows: the rows before them go in as keys and
                     # values alone (for ragged contexts: up to the shortest one's delta rows).
                     start = X.shape[1] - K if lengths is None else P + first
-                out = self._layer(block, X, start, ADAPTER_INJECT)
-                deltas.append(out[:, -K:] if lengths is None else out.gather(1, take - (start - P)))
+                if lengths is None:
+                    out = self._layer(block, X, start, ADAPTER_INJECT)
+                    deltas.append(out[:, -K:])
+                else:
+                    out = self._layer(block, X, start, ADAPTER_INJECT, Packed(real[:, start:]))
+                    deltas.append(out.gather(1, take - (start - P)))
             else:
                 m = min(K, n)
                 X = torch.cat([x[:, :-m], x[:, -m:] + pe], dim=1) if cfg.pos_emb_on_first_injection else x
@@ -415,10 +462,12 @@ class MemoryModel(nn.Module):
             x = out[:, -n:]
         return torch.stack(deltas)
 
-    def _ragged_rows(self, lengths: Tensor, n: int, initialized: bool) -> tuple[Tensor, Tensor, int]:
+    def _ragged_rows(
+        self, lengths: Tensor, n: int, initialized: bool
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
         """For right-padded contexts: which rows of [prefix ; context] get the positional embedding
-        ([B, P + n, 1] booleans), the indices [B, K, d] of each context's last K rows in the output, and
-        the first of those rows in the shortest context."""
+        ([B, P + n, 1] booleans) and which are not padding ([B, P + n]), the indices [B, K, d] of each
+        context's last K rows in the output, and the first of those rows in the shortest context."""
         K = self.config.num_tokens
         lengths = lengths.to(self.device)
         shortest = int(lengths.min())
@@ -428,10 +477,12 @@ class MemoryModel(nn.Module):
         last = lengths[:, None] - K + torch.arange(K, device=self.device)  # context positions [B, K]
         marks = torch.zeros(len(lengths), P + n, 1, dtype=torch.bool, device=self.device)
         marks.scatter_(1, (P + last)[..., None], True)
-        return marks, last[..., None].expand(-1, -1, self.config.hidden_size), shortest - K
+        real = torch.arange(P + n, device=self.device) < P + lengths[:, None]
+        return marks, real, last[..., None].expand(-1, -1, self.config.hidden_size), shortest - K
 
-    def _layer(self, block: Block, X: Tensor, P: int, adapter: str) -> Tensor:
-        """One layer over rows X whose first P rows are a prefix: it returns only the other rows."""
+    def _layer(self, block: Block, X: Tensor, P: int, adapter: str, packed: Packed | None = None) -> Tensor:
+        """One layer over rows X whose first P rows are a prefix: it returns only the other rows.
+        `packed`: which of those are real (right-padded contexts); the padding's outputs are zeros."""
         cos, sin = self._rope(0, X.shape[1])
         k, v = block.keys_values(X[:, :P], adapter)
         shape = (*k.shape[:2], X.shape[1], k.shape[-1])
@@ -439,7 +490,10 @@ class MemoryModel(nn.Module):
         kv[0][:, :, :P] = apply_rope(k, cos[:P], sin[:P])
         kv[1][:, :, :P] = v
         mask = causal_mask(X.shape[1] - P, P, X.device)
-        return block(X[:, P:], (cos[P:], sin[P:]), kv, P, adapter, mask)
+        if packed is None:
+            return block(X[:, P:], (cos[P:], sin[P:]), kv, P, adapter, mask)
+        out = block(packed.pack(X[:, P:]), (cos[P:], sin[P:]), kv, P, adapter, mask, packed=packed)
+        return packed.unpack(out)
 
     def fill_prefix(self, cache: KVCache, memory: Tensor) -> None:
         """Compute every layer's memory prefix (memory [L, B, N, d]) into the cache's prefix region."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 KINDS = ("memoryllm", "mplus", "memoryllm-7b")
 
@@ -36,6 +36,11 @@ LLAMA2_SPECIALS = ("<unk>", "<s>", "</s>")
 BOS_ID, EOS_ID, EOT_ID = 1, 2, 5
 # transformers' "no limit" sentinel, which the Llama-2 and Llama-3 tokenizer configs carry.
 _UNBOUNDED = int(1e30)
+# How Llama-3's tokenizer splits text into words before BPE (its tokenizer.json's Split pattern).
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -176,12 +181,21 @@ def _tokenizer(llama2_style: bool) -> Tokenizer:
     return train_tokenizer(_CORPUS.splitlines(), VOCAB_SIZE, llama2_style=llama2_style)
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int, *, llama2_style: bool = False) -> Tokenizer:
+def train_tokenizer(
+    corpus: Iterable[str], vocab_size: int, *, llama2_style: bool = False, llama3_split: bool = False
+) -> Tokenizer:
     """A byte-level BPE tokenizer trained on `corpus` (lines of text): every UTF-8 string round-trips,
-    special tokens take ids 0, 1, 2, ... (bos 1, eos 2), and encoding adds bos as Llama does."""
+    special tokens take ids 0, 1, 2, ... (bos 1, eos 2), and encoding adds bos as Llama does.
+    `llama3_split`: words are split as Llama-3's tokenizer splits them (a run of newlines is one piece),
+    rather than as GPT-2's."""
     specials = LLAMA2_SPECIALS if llama2_style else LLAMA3_SPECIALS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if llama3_split:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -7,6 +7,7 @@ template), trained on the training split of the domain only: held-out values nev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,13 +20,19 @@ START, END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 PAD_ID = EOS_ID  # padding is never read (causal attention, masked losses); any id would do
 
 
-def build_tokenizer(folder: Path, vocab_size: int, seed: int = 0, episodes: int = 20000) -> Path:
+def build_tokenizer(
+    folder: Path, vocab_size: int, seed: int = 0, episodes: int = 20000, template: bool = False
+) -> Path:
     """Train the byte-level BPE tokenizer on domain text and write it, with its config files, to `folder`.
 
-    Not on the chat template's words: one that was (one token each for "user" and "assistant", a tenth
-    fewer tokens per turn) went with a run whose memory stayed silent for 7,000 steps, among other changes;
-    it stays out until it is tried alone."""
-    tok = train_tokenizer(Domain().corpus(episodes, seed), vocab_size)
+    `template`: the corpus also holds the chat template once per episode, as every turn carries it, and
+    words are split as Llama-3 splits them, so that "user", "assistant" and the blank line after each
+    take one token each rather than 2, 3 and 2: 5 of a turn's 36 tokens."""
+    corpus = Domain().corpus(episodes, seed)
+    if template:
+        turn = render([{"role": "user", "content": ""}, {"role": "assistant", "content": ""}], False)
+        corpus = itertools.chain(corpus, itertools.repeat(turn, episodes))
+    tok = train_tokenizer(corpus, vocab_size, llama3_split=template)
     write_tokenizer(folder, tok.to_str(pretty=True))
     return Path(folder)
 

@@ -25,6 +25,18 @@ def tokenizer_folder(tmp_path_factory) -> Path:
     return build_tokenizer(folder, MICRO["vocab_size"], 0, MICRO["tokenizer_episodes"])
 
 
+@pytest.fixture(scope="session")
+def template_tokenizer_folder(tmp_path_factory) -> Path:
+    """A tokenizer that also learnt the chat template's words (`template_tokens`)."""
+    folder = tmp_path_factory.mktemp("tok-template")
+    return build_tokenizer(folder, MICRO["vocab_size"], 0, MICRO["tokenizer_episodes"], template=True)
+
+
+@pytest.fixture(params=["tokenizer_folder", "template_tokenizer_folder"])
+def either_tokenizer_folder(request) -> Path:
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture
 def make_trainer(tokenizer_folder) -> Callable[..., Trainer]:
     """`make_trainer(out, device="cpu", **config)`: a fresh micro run in `out` (the session's tokenizer

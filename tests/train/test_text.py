@@ -24,10 +24,10 @@ TEXTS = [
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_tokenizer_round_trips(tokenizer_folder, text):
-    tok = Tokenizer.from_folder(tokenizer_folder)
+def test_tokenizer_round_trips(either_tokenizer_folder, text):
+    tok = Tokenizer.from_folder(either_tokenizer_folder)
     assert tok.decode(tok.encode(text)) == text.replace("<|eot_id|>", "")  # a special token, skipped
-    plain = ChatEncoder(tokenizer_folder)
+    plain = ChatEncoder(either_tokenizer_folder)
     assert plain.decode(plain.encode([text])[0]) == text.replace("<|eot_id|>", "")
 
 
@@ -47,9 +47,9 @@ def test_tokenizer_is_trained_on_the_domain_without_heldout_values(tmp_path):
     ).read_text()
 
 
-def test_training_encodes_exactly_like_the_engine(tokenizer_folder):
-    engine_tok = Tokenizer.from_folder(tokenizer_folder)
-    enc = ChatEncoder(tokenizer_folder)
+def test_training_encodes_exactly_like_the_engine(either_tokenizer_folder):
+    engine_tok = Tokenizer.from_folder(either_tokenizer_folder)
+    enc = ChatEncoder(either_tokenizer_folder)
     rng = random.Random(0)
     for _ in range(20):
         ep = Domain().episode(rng, distance=2, lead=1)
@@ -65,3 +65,15 @@ def test_training_encodes_exactly_like_the_engine(tokenizer_folder):
         # A prompt is its finished exchanges followed by the question's own prompt.
         assert enc.prompts([messages])[0] == enc.conversation(messages[:2]) + enc.prompts([messages[2:]])[0]
     assert enc.replies(["You live in Lyon."])[0][-1] in engine_tok.stop_ids()
+
+
+def test_the_template_tokenizer_spells_the_chat_template_in_fewer_tokens(tmp_path):
+    plain = ChatEncoder(build_tokenizer(tmp_path / "plain", 600, 0, 2000))
+    template = ChatEncoder(build_tokenizer(tmp_path / "template", 600, 0, 2000, template=True))
+    header = [template.tok.id_to_token(i) for i in template.prompts([[]])[0]]
+    assert header == ["<|start_header_id|>", "assistant", "<|end_header_id|>", "ĊĊ"]
+    assert len(plain.prompts([[]])[0]) == 2 + 3 + 2  # "ass ist ant", two newlines
+    turns = list(Domain().episode(random.Random(0), distance=6, lead=1).turns)
+    # 5 tokens fewer for "user", "assistant" and two blank lines, less the content merges this costs
+    saved = [len(a) - len(b) for a, b in zip(plain.turns(turns), template.turns(turns), strict=True)]
+    assert sum(saved) >= 3 * len(turns), saved

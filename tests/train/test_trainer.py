@@ -78,6 +78,30 @@ def test_batched_training_memory_equals_the_engine_updating_each_episode(make_tr
             torch.testing.assert_close(batched[:, b], state.memory, rtol=1e-5, atol=1e-6)
 
 
+def test_ragged_injection_gradients_equal_each_context_injected_alone(make_trainer, tmp_path):
+    """A batch of right-padded contexts runs its layers on the real rows alone (model.Packed); the
+    gradients are those of injecting each context by itself."""
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    ids, lengths = _batch(trainer, distance=1).turns[0]
+    assert len(set(lengths.tolist())) > 1
+    memory = trainer.memory.detach()[:, None].expand(-1, ids.shape[0], -1, -1)
+    weights = torch.randn(model.inject(ids, memory, True, lengths).shape, generator=torch.Generator())
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    batched = grads(lambda: (model.inject(ids, memory, True, lengths) * weights).sum())
+    alone = grads(lambda: sum(
+        (model.inject(ids[b : b + 1, : lengths[b]], memory[:, b : b + 1], True) * weights[:, b : b + 1]).sum()
+        for b in range(ids.shape[0])))
+    assert batched.keys() == alone.keys() and any(".lora_B.default." in n for n in batched)
+    for name in batched:
+        torch.testing.assert_close(batched[name], alone[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_episode_prefix_equals_fill_prefix(make_trainer, tmp_path):
     trainer = make_trainer(tmp_path)
     model, cfg, memory0 = trainer.model, trainer.cfg, trainer.memory.detach()
