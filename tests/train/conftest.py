@@ -19,6 +19,12 @@ MICRO = dict(size="micro", vocab_size=320, tokenizer_episodes=300, batch=4, save
              warmup=2, steps=1000, levels=(0, 1, 2), max_lead=1)
 
 
+@pytest.fixture
+def micro() -> dict:
+    """The micro run's settings, for a test that opens a run itself."""
+    return dict(MICRO)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tok")

@@ -18,6 +18,7 @@ from memchat.train.domain import Domain
 from memchat.train.trainer import (
     Curriculum,
     TrainConfig,
+    Trainer,
     TrainError,
     _domain,
     episode_memory,
@@ -215,8 +216,6 @@ def test_checkpoint_and_resume_continue_bit_identically(make_trainer, tmp_path):
 
 def test_resume_refuses_other_settings(make_trainer, tmp_path):
     train(make_trainer(tmp_path), max_steps=1)
-    from memchat.train.trainer import Trainer
-
     with pytest.raises(TrainError, match="batch=2"):
         Trainer.open(tmp_path, overrides={"batch": 2})
     assert Trainer.open(tmp_path, overrides={"steps": 5000}).tc.steps == 5000
@@ -227,8 +226,6 @@ def test_resume_refuses_other_settings(make_trainer, tmp_path):
 def _run_from_before(make_trainer, tmp_path, setting: str):
     """A one-step run whose saved settings lack `setting`, as one saved before it existed; reopened."""
     train(make_trainer(tmp_path), max_steps=1)
-    from memchat.train.trainer import Trainer
-
     state = tmp_path / "train" / "state.json"
     meta = json.loads(state.read_text())
     del meta["train_config"][setting]
@@ -253,6 +250,16 @@ def test_the_memory_pool_size_is_a_setting(make_trainer, tmp_path):
     assert trainer.cfg.memory_rows == 12 * K and trainer.memory.shape[1] == 12 * K
     train(trainer, max_steps=1)
     assert json.loads((tmp_path / "model" / "config.json").read_text())["num_blocks"] == 12
+
+
+def test_template_tokens_is_a_setting_of_the_runs_own_tokenizer(micro, tmp_path):
+    for template in (False, True):
+        out = tmp_path / str(template)
+        trainer = Trainer.open(out, TrainConfig(**micro, template_tokens=template))
+        train(trainer, max_steps=1)
+        pre = json.loads((out / "model" / "tokenizer.json").read_text())["pre_tokenizer"]
+        assert (pre["type"] == "Sequence") == template  # Llama-3's split, then bytes
+        assert Trainer.open(out).tc.template_tokens == template
 
 
 def test_tied_embeddings_train_as_one_matrix_and_export_as_the_official_two(make_trainer, tmp_path):
