@@ -58,10 +58,13 @@ class LoRALinear(nn.Module):
         if not self._folds(x):
             return self.base_layer(x) + self.scale * F.linear(F.linear(x, A), B)
         if self.kept_folds is None or torch.is_grad_enabled():
-            return F.linear(x, torch.addmm(self.base_layer.weight, B, A, alpha=self.scale))
+            return F.linear(x, self._fold(A, B))
         if adapter not in self.kept_folds:
-            self.kept_folds[adapter] = torch.addmm(self.base_layer.weight, B, A, alpha=self.scale)
+            self.kept_folds[adapter] = self._fold(A, B)
         return F.linear(x, self.kept_folds[adapter])
+
+    def _fold(self, A: Tensor, B: Tensor) -> Tensor:
+        return torch.addmm(self.base_layer.weight, B, A, alpha=self.scale)
 
     def _folds(self, x: Tensor) -> bool:
         """Whether to fold the adapter into the weight (W + scale·B·A) for this call: one matmul over the
