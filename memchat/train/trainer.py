@@ -114,7 +114,8 @@ class TrainConfig:
     vocab_size: int = nano.NANO_VOCAB
     tokenizer_episodes: int = 20000  # episodes of domain text the tokenizer is trained on
     # The tokenizer also learns the chat template's words (text.build_tokenizer): a turn is 5 tokens shorter.
-    # A run that had it among other changes stayed silent for 7,000 steps.
+    # Yet the two tied runs with it read no memory until past step 5,000, where tied runs without it read
+    # it by step 2,000 (docs/nano-training.md, run23 and run24).
     template_tokens: bool = False
     save_every: int = 250
     eval_every: int = 1000
