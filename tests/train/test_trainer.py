@@ -252,6 +252,15 @@ def test_the_memory_pool_size_is_a_setting(make_trainer, tmp_path):
     assert json.loads((tmp_path / "model" / "config.json").read_text())["num_blocks"] == 12
 
 
+def test_the_rows_an_injection_writes_are_a_setting(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, num_tokens=6, num_blocks=5)
+    assert (trainer.cfg.num_tokens, trainer.cfg.memory_rows, trainer.memory.shape[1]) == (6, 30, 30)
+    train(trainer, max_steps=1)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (config["num_tokens"], config["num_blocks"], config["num_memory_tokens"]) == (6, 5, 30)
+    assert Trainer.open(tmp_path).cfg.num_tokens == 6
+
+
 def test_template_tokens_is_a_setting_of_the_runs_own_tokenizer(micro, tmp_path):
     for template in (False, True):
         out = tmp_path / str(template)
