@@ -261,6 +261,23 @@ def test_the_rows_an_injection_writes_are_a_setting(make_trainer, tmp_path):
     assert Trainer.open(tmp_path).cfg.num_tokens == 6
 
 
+def test_a_resume_may_widen_the_injection_tiling_the_initial_memory(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, num_blocks=5)
+    train(trainer, max_steps=1)
+    K, memory = trainer.cfg.num_tokens, trainer.memory.detach().clone()
+    adam = trainer.optimizer.state[trainer.memory]["exp_avg_sq"].clone()
+    with pytest.raises(TrainError, match=f"multiple of the run's {K}"):
+        Trainer.open(tmp_path, overrides={"num_tokens": K + 1})
+    wide = Trainer.open(tmp_path, overrides={"num_tokens": 2 * K})
+    assert (wide.cfg.num_tokens, wide.cfg.memory_rows) == (2 * K, 10 * K)
+    assert torch.equal(wide.memory.detach(), torch.cat([memory, memory], dim=1))
+    assert torch.equal(wide.optimizer.state[wide.memory]["exp_avg_sq"], torch.cat([adam, adam], dim=1))
+    train(wide, max_steps=1)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (config["num_tokens"], config["num_memory_tokens"]) == (2 * K, 10 * K)
+    assert Engine.load(tmp_path / "model", "cpu", None).model.config.num_tokens == 2 * K
+
+
 def test_template_tokens_is_a_setting_of_the_runs_own_tokenizer(micro, tmp_path):
     for template in (False, True):
         out = tmp_path / str(template)
