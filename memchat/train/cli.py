@@ -71,7 +71,7 @@ def parse_settings(pairs: list[str]) -> dict[str, object]:
             value = text
         default = defaults[name]
         if not _fits(value, default):
-            like = "a whole number" if default is None else f"a value like {json.dumps(default)}"
+            like = "a whole number ≥ 1" if default is None else f"a value like {json.dumps(default)}"
             raise TrainError(f"--set {pair}: {name} takes {like}")
         settings[name] = value
     return settings
@@ -79,7 +79,7 @@ def parse_settings(pairs: list[str]) -> dict[str, object]:
 
 def _fits(value: object, default: object) -> bool:
     if default is None:  # an optional count
-        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+        return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
     if isinstance(default, bool) or isinstance(value, bool):
         return type(value) is type(default)
     if isinstance(default, float):

@@ -83,6 +83,9 @@ def test_any_setting_can_be_given_and_a_wrong_one_is_one_line(tokenizer_folder, 
     bad = subprocess.run([*command, "--set", "asked_first=often"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1
     assert bad.stderr.strip() == "error: --set asked_first=often: asked_first takes a value like 0.25"
+    zero = subprocess.run([*command, "--set", "num_tokens=0"], capture_output=True, text=True, env=env)
+    assert zero.returncode == 1
+    assert zero.stderr.strip() == "error: --set num_tokens=0: num_tokens takes a whole number ≥ 1"
     assert not (out / STATE_DIR).exists()
     given = ["--set", "asked_first=0", "--set", "levels=[0, 1]", "--set", "num_blocks=6"]
     done = subprocess.run([*command, *given], capture_output=True, text=True, env=env)
