@@ -39,6 +39,9 @@ KIND_WEIGHTS = (0.7, 0.15, 0.15)
 # with 0.8 (and 0.25 update episodes) memory stayed silent for 7,000 steps; perhaps because a real value
 # can be finished from its first tokens read and a made-up one cannot (the two were not tried apart).
 PSEUDO_SHARE = 0.5
+# Share of told facts whose acknowledgement echoes the value ("Got it, you live in Lyon."): the chat's
+# replies do this, and evaluation items keep this share.
+ECHO_SHARE = 0.5
 HELDOUT_FRACTION = 0.15
 ABSTAIN_MARKERS = data.ABSTAIN_MARKERS
 
@@ -263,10 +266,13 @@ class Domain:
     def unknown_answer(self, rng: random.Random, relation: Relation) -> str:
         return rng.choice(data.UNKNOWN_ANSWERS).replace("{u}", relation.unknown)
 
-    def fact(self, rng: random.Random, relation: Relation, value: str, change: bool = False) -> Turn:
-        """The user telling a value, and the assistant acknowledging (often echoing) it."""
+    def fact(
+        self, rng: random.Random, relation: Relation, value: str, change: bool = False,
+        echo: float = ECHO_SHARE,
+    ) -> Turn:
+        """The user telling a value and the assistant acknowledging it, echoing it with probability `echo`."""
         user = fill(rng.choice(relation.changes if change else relation.statements), value)
-        if rng.random() < 0.5:
+        if rng.random() < echo:
             assistant = f"{rng.choice(data.ECHO_PREFIXES)} {_lower_first(self.answer(rng, relation, value))}"
         else:
             assistant = rng.choice(data.CHANGE_ACKNOWLEDGEMENTS if change else data.ACKNOWLEDGEMENTS)
@@ -292,7 +298,7 @@ class Domain:
 
     def episode(
         self, rng: random.Random, distance: int, lead: int = 0, kind: str | None = None,
-        asked_first: float = 0.0, told_other: float = 0.0,
+        asked_first: float = 0.0, told_other: float = 0.0, echo: float = ECHO_SHARE,
     ) -> Episode:
         """`lead` turns, the fact, then `distance` turns, then the question. kind: recall, update (needs
         lead ≥ 1: an older value sits in the lead turns), abstain (lead + 1 + distance distractors), empty
@@ -300,7 +306,8 @@ class Domain:
         (lead + 1 + distance distractors, then a new message to answer). With probability `asked_first` a
         recall episode with lead turns asked its question in one of them, and was told "I don't know".
         With probability `told_other` an abstain episode was told a fact of another relation where the
-        fact would sit."""
+        fact would sit. The fact asked about is acknowledged with an echo of its value with probability
+        `echo`."""
         if kind is None:
             kind = rng.choices(KINDS, weights=KIND_WEIGHTS)[0]
         if kind == "empty":
@@ -320,7 +327,7 @@ class Domain:
             return Episode(tuple(turns), question, self.unknown_answer(rng, relation), None, relation.key,
                            kind, None)
         value = self.value(rng, relation)
-        turns[lead] = self.fact(rng, relation, value, change=kind == "update")
+        turns[lead] = self.fact(rng, relation, value, kind == "update", echo)
         if kind == "update":
             old = self._older_value(rng, relation, value)
             turns[rng.randrange(lead)] = self.fact(rng, relation, old)

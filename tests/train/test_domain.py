@@ -241,6 +241,17 @@ def test_some_abstain_episodes_were_told_a_fact_of_another_relation(share, low, 
     assert low < told < high
 
 
+@pytest.mark.parametrize(("share", "low", "high"), [(1.0, 399, 401), (0.5, 150, 250), (0.0, -1, 1)])
+def test_the_told_facts_acknowledgement_echoes_its_value_with_a_share(share, low, high):
+    rng, echoed = random.Random(3), 0
+    for _ in range(400):
+        ep = Domain().episode(rng, distance=0, lead=1, kind="recall", echo=share)
+        told = ep.turns[ep.fact_turn]
+        assert ep.value.lower() in told.user.lower()
+        echoed += ep.value.lower() in told.assistant.lower()
+    assert low < echoed < high
+
+
 def test_an_empty_episode_is_an_abstain_question_with_no_turns():
     for seed in range(20):
         ep = Domain().episode(random.Random(seed), distance=5, lead=2, kind="empty", told_other=1.0)

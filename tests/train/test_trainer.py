@@ -451,6 +451,20 @@ def test_replies_and_asked_first_episodes_begin_late_in_the_schedule(make_traine
     assert shares == [0.0] * 4 + [1.0] * 4
 
 
+def test_the_first_steps_echo_every_told_value_then_half(make_trainer, tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, echo_first=2)
+    shares = []
+
+    def spy(*args, echo, **kwargs):
+        shares.append(echo)
+        return sample_batch(*args, echo=echo, **kwargs)
+
+    monkeypatch.setattr("memchat.train.trainer.sample_batch", spy)
+    for _ in range(4):
+        trainer.train_step()
+    assert shares == [1.0, 1.0, 0.5, 0.5]
+
+
 def test_the_first_steps_show_the_fact_then_a_share_of_batches(make_trainer, tmp_path):
     trainer = make_trainer(tmp_path, show_fact_first=2, show_fact=0.25)
     assert [trainer.tc.fact_share(step) for step in (0, 1, 2, 3)] == [1.0, 1.0, 0.25, 0.25]
