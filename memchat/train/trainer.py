@@ -470,13 +470,13 @@ class Trainer:
         named = _named(model, memory)
         with torch.no_grad():
             for name, p in named.items():
-                p.copy_(tensors[f"param/{name}"])
+                p.copy_(tensors[_param_key(name)])
         optimizer = _optimizer(model, memory, tc)
         skeleton = optimizer.state_dict()
         order = [name for group in meta["optimizer_groups"] for name in group]
         skeleton["state"] = {
-            i: {key: tensors[f"adam/{name}/{key}"] for key in meta["optimizer_keys"]}
-            for i, name in enumerate(order) if f"adam/{name}/step" in tensors
+            i: {key: tensors[_adam_key(name, key)] for key in meta["optimizer_keys"]}
+            for i, name in enumerate(order) if _adam_key(name, "step") in tensors
         }
         optimizer.load_state_dict(skeleton)
         return cls(out, tc, config, model, memory, optimizer, encoder, int(meta["step"]),
@@ -485,11 +485,11 @@ class Trainer:
     def save(self) -> None:
         """Write the training state (atomically: a new folder renamed into place) and export the model."""
         named = _named(self.model, self.memory)
-        tensors = {f"param/{n}": p.detach().cpu().clone().contiguous() for n, p in named.items()}
+        tensors = {_param_key(n): p.detach().cpu().clone().contiguous() for n, p in named.items()}
         keys: set[str] = set()
         for n, p in named.items():
             for key, value in self.optimizer.state.get(p, {}).items():
-                tensors[f"adam/{n}/{key}"] = value.detach().cpu().clone().contiguous()
+                tensors[_adam_key(n, key)] = value.detach().cpu().clone().contiguous()
                 keys.add(key)
         groups = [[_name_of(named, p) for p in g["params"]] for g in self.optimizer.param_groups]
         meta = {
@@ -583,8 +583,18 @@ def widen_injection(
         raise TrainError(f"num_tokens can change on resume only to a multiple of the run's {K0}, not {K}")
     times = K // K0
     config = {**config, "num_tokens": K, "num_memory_tokens": config["num_blocks"] * K}
-    tiled = {"param/memory", *(f"adam/memory/{key}" for key in ("exp_avg", "exp_avg_sq"))}
+    tiled = {_param_key("memory"), *(_adam_key("memory", key) for key in ("exp_avg", "exp_avg_sq"))}
     return config, {name: t.repeat(1, times, 1) if name in tiled else t for name, t in tensors.items()}
+
+
+def _param_key(name: str) -> str:
+    """A parameter's tensor in the training state file."""
+    return f"param/{name}"
+
+
+def _adam_key(name: str, key: str) -> str:
+    """One of a parameter's AdamW state tensors (step, exp_avg, exp_avg_sq) in the training state file."""
+    return f"adam/{name}/{key}"
 
 
 def _plain(value: Any) -> Any:
