@@ -137,11 +137,11 @@ class TrainConfig:
         "num_blocks": None, "num_tokens": None, "tie_embeddings": False, "abstain_other": 0.0,
         "abstain_empty": 0.0, "made_up_share": PSEUDO_SHARE, "template_tokens": False,
         "echo_first": 0}
-    # What a resume may change: the run's length, the shares of the batch kinds added after runs began, so
-    # that a finished run can go on with them (a model shipped before went on with abstain_empty), and
-    # the rows each injection writes, by a whole factor (`widen_injection`).
+    # What a resume may change: the run's length, the shares of the batch kinds that are not recall, so
+    # that a finished run can go on with more of one (a model shipped before went on with abstain_empty),
+    # and the rows each injection writes, by a whole factor (`widen_injection`).
     MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset(
-        {"steps", "save_every", "eval_every", "abstain_other", "abstain_empty", "num_tokens"})
+        {"steps", "save_every", "eval_every", "reply_share", "abstain_other", "abstain_empty", "num_tokens"})
 
     def fact_share(self, step: int) -> float:
         """The share of short-distance batches whose prompt shows the fact, at `step`."""

@@ -256,8 +256,8 @@ def test_the_shipped_nano_model_passes_the_engine_check_quantized():
 
 def test_the_shipped_nano_model_remembers(tmp_path):
     """A small eval, as CI can afford: 24 held-out questions per D, greedy and seeded, so the figures are
-    the same on every run. The shipped model measures 0.745 and 0.725 at D = 0 and D = 4 on 200 (the
-    README's table), 0.58 and 0.625 on these 24; the bounds sit below, to flag a model that stopped reading
+    the same on every run. The shipped model measures 0.775 at D = 0 and D = 4 on 200 (the README's
+    table), 0.79 and 0.71 on these 24; the bounds sit below, to flag a model that stopped reading
     its memory, and abstain at the target (0.8; it measures 1.00)."""
     _shipped_nano()
     config = load_config({"model": "nano"}, environ={}, home=tmp_path)

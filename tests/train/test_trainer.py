@@ -219,8 +219,9 @@ def test_resume_refuses_other_settings(make_trainer, tmp_path):
     with pytest.raises(TrainError, match="batch=2"):
         Trainer.open(tmp_path, overrides={"batch": 2})
     assert Trainer.open(tmp_path, overrides={"steps": 5000}).tc.steps == 5000
-    # a finished run may go on with a share of the batch kinds added later
+    # a finished run may go on with another share of a batch kind
     assert Trainer.open(tmp_path, overrides={"abstain_empty": 0.1}).tc.abstain_empty == 0.1
+    assert Trainer.open(tmp_path, overrides={"reply_share": 0.5}).tc.reply_share == 0.5
 
 
 def _run_from_before(make_trainer, tmp_path, setting: str):
